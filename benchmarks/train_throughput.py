@@ -1,0 +1,118 @@
+"""Training throughput of our loop vs a bare loop on the same model and the same batches.
+
+Ours = `safepretrain.train.train` with the curriculum sampler, one log line and one metrics.jsonl
+record per step, the LR schedule, grad clipping and a final checkpoint. Bare = the same model,
+optimizer and precomputed batches in a minimal `for` loop. Both run in this process, interleaved
+(bare, ours, bare, ours, ...), and each gets the median of its repeats: these machines are noisy, so
+only the ratio within one run is meaningful.
+
+    python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--preset tiny] [--precision fp32]
+
+Writes benchmarks/results/train_throughput.json (and prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from safepretrain.config import ArmConfig, CurriculumConfig, ModelConfig, PretrainConfig
+from safepretrain.curriculum import CurriculumSampler, arm_schedule
+from safepretrain.data.shards import load_shards, write_shard
+from safepretrain.model import Transformer
+from safepretrain.train import autocast, make_optimizer, train
+from safepretrain.utils import setup_logging
+
+VOCAB = 4096
+
+
+def make_shards(folder: Path, tokens: int) -> dict:
+    rng = np.random.default_rng(0)
+    for stream in ("safe", "rephrased", "refusal", "moral_ed", "tagged"):
+        write_shard(folder, stream, [list(rng.integers(6, VOCAB, size=tokens))], eos_id=0)
+    return load_shards(folder)
+
+
+def bare_loop(model_cfg: ModelConfig, cfg: PretrainConfig, batches: list) -> float:
+    """Tokens/s of the minimal loop: forward, backward, step."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg).train()
+    opt = make_optimizer(model, cfg)
+    fn = torch.compile(model) if cfg.compile else model
+    device = torch.device("cpu")
+    t0 = time.perf_counter()
+    for x, y in batches:
+        with autocast(device, cfg.precision):
+            _, loss = fn(x, targets=y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    loss.item()
+    return sum(x.numel() for x, _ in batches) / (time.perf_counter() - t0)
+
+
+def our_loop(model_cfg: ModelConfig, cfg: PretrainConfig, sampler: CurriculumSampler, out: Path) -> float:
+    res = train(cfg, model_cfg, sampler, out, seed=0, label="bench")
+    return res.tokens_per_s
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
+    args = p.parse_args(argv)
+
+    setup_logging(level=logging.WARNING)  # the step lines are still formatted and emitted (to a silent logger)
+    model_cfg = ModelConfig(preset=args.preset, vocab_size=VOCAB)
+    cfg = PretrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision, warmup_steps=5)
+    budget = args.steps * args.batch_size * args.seq_len
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(Path(tmp) / "shards", 200_000)
+        cur = CurriculumConfig(token_budget=budget)
+        sampler = CurriculumSampler(arm_schedule(ArmConfig(name="b", start=0.5), cur, {s: len(v) for s, v in
+                                                                                          shards.items()}),
+                                    shards, args.batch_size, args.seq_len, seed=0)
+        batches = [sampler.batch(s)[:2] for s in range(sampler.total_steps)]
+        bare_loop(model_cfg, cfg, batches[:5])  # warm-up (allocator, kernels)
+        bare, ours = [], []
+        for r in range(args.repeats):
+            bare.append(bare_loop(model_cfg, cfg, batches))
+            ours.append(our_loop(model_cfg, cfg, sampler, Path(tmp) / f"run{r}"))
+    result = {
+        "benchmark": "train_throughput",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": sys.version.split()[0]},
+        "setup": {"preset": args.preset, "params": Transformer(model_cfg).num_params(), "steps": args.steps,
+                  "batch_size": args.batch_size, "seq_len": args.seq_len, "precision": args.precision,
+                  "repeats": args.repeats},
+        "bare_tokens_per_s": bare,
+        "ours_tokens_per_s": ours,
+        "bare_median": statistics.median(bare),
+        "ours_median": statistics.median(ours),
+        "ratio_ours_over_bare": statistics.median(ours) / statistics.median(bare),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from safepretrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Command line: thin wrappers that parse arguments and call the library.
+
+    safepretrain study [CONFIG] [--out DIR] [--dry-run] [key=value ...]
+    safepretrain report RUN_DIR
+    safepretrain world build [--out DIR] [--cache DIR]
+    safepretrain world info [--pack DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safepretrain.config import ConfigError, dump_config, load_config
+
+
+def _study(args: argparse.Namespace) -> int:
+    from safepretrain.study import plan, run_study, validate_against_world
+    from safepretrain.utils import setup_logging
+
+    config, overrides = None, list(args.items)
+    if overrides and "=" not in overrides[0]:
+        config = overrides.pop(0)
+    if args.out:
+        overrides.append(f"out_dir={args.out}")
+    try:
+        cfg = load_config(config, overrides)
+        validate_against_world(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dump_config(cfg))
+        print("# planned steps")
+        for line in plan(cfg):
+            print(f"- {line}")
+        return 0
+    setup_logging(cfg.run_dir / "study.log")
+    run_study(cfg)
+    print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from safepretrain.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "study.yaml").is_file():
+        print(f"error: {run_dir} is not a study run directory (no study.yaml)", file=sys.stderr)
+        return 2
+    print(build_report(run_dir, load_config(run_dir / "study.yaml")))
+    return 0
+
+
+def _world(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        from safepretrain.world.build import main as build_main
+
+        argv = ["--out", args.out or str(Path(__file__).parent / "world" / "pack")]
+        if args.cache:
+            argv += ["--cache", args.cache]
+        return build_main(argv) or 0
+    from safepretrain.world import load_world
+
+    world = load_world(args.pack)
+    print(f"world pack: {world.path}")
+    for src in world.sources():
+        n = sum(1 for d in world.documents if d["source"] == src)
+        print(f"  documents/{src}: {n}")
+    for name in ("scorer_labels", "harmful_train_prompts", "harmful_eval_prompts", "benign_edgy_prompts",
+                 "refusal_labels"):
+        print(f"  {name}: {len(getattr(world, name))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safepretrain", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("study", help="run the whole study (data → pretrain → IFT → benign FT → eval → report)")
+    s.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
+                   help="optional YAML config, then dotlist overrides such as curriculum.token_budget=2e6")
+    s.add_argument("--out", help="run directory (default: runs/<name>)")
+    s.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned steps")
+    s.set_defaults(func=_study)
+
+    r = sub.add_parser("report", help="rebuild report.md / results.csv / plots from a run directory")
+    r.add_argument("run_dir")
+    r.set_defaults(func=_report)
+
+    w = sub.add_parser("world", help="build or inspect the embedded default world")
+    w.add_argument("action", choices=["build", "info"])
+    w.add_argument("--out", help="build: output folder (default: the package's world/pack)")
+    w.add_argument("--cache", help="build: download cache folder")
+    w.add_argument("--pack", help="info: a pack folder (default: the embedded pack)")
+    w.set_defaults(func=_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

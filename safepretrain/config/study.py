@@ -1,0 +1,201 @@
+"""`StudyConfig` gathers every component config; YAML + dotlist loading with field-naming errors."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from safepretrain.config.base import ConfigError, Strict
+from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
+from safepretrain.config.evaluation import EvalConfig
+from safepretrain.config.training import BenignFTConfig, CurriculumConfig, IFTConfig, ModelConfig, PretrainConfig
+
+class StudyConfig(Strict):
+    """A whole study: data stage, arms x seeds x stages, evaluation and report."""
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Study name (letters, digits, _ . -); names the run directory."""
+    out_dir: str | None = None
+    """Run directory; null = runs/<name>."""
+    seeds: list[int] = [0]
+    """Training seeds; each arm is trained once per seed."""
+    world: WorldConfig = WorldConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    ift: IFTConfig = IFTConfig()
+    benign_ft: BenignFTConfig = BenignFTConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudyConfig:
+        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
+        if self.curriculum.token_budget < tokens_per_step:
+            raise ValueError(
+                f"curriculum.token_budget={self.curriculum.token_budget} is less than one pretraining step "
+                f"(pretrain.batch_size*pretrain.seq_len={tokens_per_step} tokens); raise the budget"
+            )
+        for stage in ("pretrain", "ift", "benign_ft"):
+            seq = getattr(self, stage).seq_len
+            if seq > self.model.max_seq_len:
+                raise ValueError(f"{stage}.seq_len={seq} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds} must be a non-empty list of distinct integers, e.g. [0, 1]")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    def stage_hash(self, *sections: str) -> str:
+        """Hash of the given config sections: a cached step reruns only when its inputs change."""
+        blob = json.dumps({s: self.model_dump(mode="json")[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+def _parse_value(text: str) -> Any:
+    """YAML scalars, plus numbers YAML 1.1 reads as strings (`2e6`)."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.2.c` in a nested dict; a list not yet in `tree` is copied from the defaults first."""
+    keys = dotted.split(".")
+    node: Any = tree
+    default: Any = _defaults_tree()
+    for i, key in enumerate(keys):
+        default = default.get(key) if isinstance(default, dict) else (
+            default[int(key)] if isinstance(default, list) and key.isdigit() and int(key) < len(default) else None)
+        if isinstance(node, dict) and key not in node and isinstance(default, list) and i < len(keys) - 1:
+            node[key] = json.loads(json.dumps(default))
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"{'.'.join(keys[:i + 1])}: no list item {key!r} (the list has {len(node)} items)")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def _defaults_tree() -> dict:
+    return StudyConfig().model_dump(mode="json")
+
+
+def _suggest(loc: tuple, tree: dict) -> str:
+    """'Did you mean' for an unknown key, using the keys valid at that level."""
+    node: Any = tree
+    for part in loc[:-1]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return ""
+    if not isinstance(node, dict):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(node), n=1)
+    valid = ", ".join(sorted(node))
+    return (f" Did you mean '{close[0]}'?" if close else "") + f" Valid keys here: {valid}."
+
+
+def _format_errors(err: ValidationError) -> str:
+    tree = _defaults_tree()
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        field = ".".join(str(x) for x in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"- {field}: unknown key; remove it or fix the spelling.{_suggest(loc, tree)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            given = e.get("input")
+            shown = "" if isinstance(given, (dict, list)) else f" (given: {given!r})"
+            lines.append(f"- {field}: {msg}{shown}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
+    """Read YAML (or defaults when `path` is None), apply `key=value` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; try configs/default.yaml")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (world:, data:, ...)")
+        tree = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. curriculum.token_budget=200000")
+        key, _, raw = item.partition("=")
+        _set_path(tree, key.strip(), _parse_value(raw))
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def dump_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """The README's config reference: every field with its default and documentation (kept current by a test)."""
+    from pydantic import BaseModel
+
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.default_factory() if field.default_factory else field.default
+            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+                default = "5 arms (see below)"
+            shown = json.dumps(default, default=str) if not isinstance(default, str) else default
+            doc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+            lines.append(f"| `{prefix}{name}` | `{shown}` | {doc} |")
+
+    walk(StudyConfig, "")
+    return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the README's config reference between its markers; True when it changed."""
+    text = path.read_text()
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{reference_markdown()}\n{end}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text

@@ -1,0 +1,233 @@
+"""Configs of the curriculum, the model and the three training stages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from safepretrain.config.base import STREAMS, Strict
+
+class ArmConfig(Strict):
+    """One pretraining arm."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: Literal["raw", "curriculum"] = "curriculum"
+    """`raw`: untouched data (safe + unsafe streams) throughout. `curriculum`: safe-only, then the mix."""
+    start: float | None = None
+    """Fraction of the token budget after which the interventions start (0 = from the first step,
+    1 = never). Required for `curriculum` arms, not allowed for `raw`."""
+
+    @field_validator("start")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError(f"start={v} is outside [0, 1]; it is a fraction of the token budget, e.g. 0.2 for 20%")
+        return v
+
+    @model_validator(mode="after")
+    def _start(self) -> ArmConfig:
+        if self.data == "raw" and self.start is not None:
+            raise ValueError(f"arm '{self.name}' has data=raw, which never switches; remove its start")
+        if self.data == "curriculum" and self.start is None:
+            raise ValueError(f"arm '{self.name}' needs a start fraction in [0, 1], e.g. start: 0.2")
+        return self
+
+    @property
+    def saw_tags(self) -> bool:
+        """Only arms whose interventions start before the end see tagged text."""
+        return self.data == "curriculum" and self.start is not None and self.start < 1.0
+
+
+def default_arms() -> list[ArmConfig]:
+    return [
+        ArmConfig(name="raw", data="raw"),
+        ArmConfig(name="start_0", start=0.0),
+        ArmConfig(name="start_20", start=0.2),
+        ArmConfig(name="start_60", start=0.6),
+        ArmConfig(name="safe_only", start=1.0),
+    ]
+
+
+class CurriculumConfig(Strict):
+    """Token budget, arms and the mixtures before and after the switch."""
+
+    token_budget: int = Field(1_000_000, gt=0)
+    """Pretraining tokens per arm (units: tokens). Steps = budget // (batch_size * seq_len)."""
+    arms: list[ArmConfig] = Field(default_factory=default_arms)
+    """Arms to train: `{name, data: raw|curriculum, start}`; default raw, start_0, start_20, start_60, safe_only."""
+    safe_streams: list[str] = ["safe"]
+    """Streams read before the switch (the papers: score-0 data only)."""
+    intervention_streams: list[str] = ["safe", "rephrased", "refusal", "moral_ed", "tagged"]
+    """Streams read after the switch."""
+    raw_streams: list[str] = ["safe", "unsafe"]
+    """Streams of the raw arm."""
+    upsample: dict[str, float] = {"refusal": 6.0}
+    """Weight multipliers on a stream's natural token share (the released checkpoint hints 6x refusal)."""
+
+    @field_validator("safe_streams", "intervention_streams", "raw_streams")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in STREAMS]
+        if bad:
+            raise ValueError(f"unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+        if not v:
+            raise ValueError(f"needs at least one stream, e.g. ['safe']; known streams: {sorted(STREAMS)}")
+        return v
+
+    @field_validator("upsample")
+    @classmethod
+    def _upsample(cls, v: dict[str, float]) -> dict[str, float]:
+        for s, w in v.items():
+            if s not in STREAMS:
+                raise ValueError(f"upsample names unknown stream '{s}'; known streams: {sorted(STREAMS)}")
+            if w <= 0:
+                raise ValueError(f"upsample[{s}]={w} must be > 0 (1 = natural share)")
+        return v
+
+    @field_validator("arms")
+    @classmethod
+    def _unique(cls, v: list[ArmConfig]) -> list[ArmConfig]:
+        names = [a.name for a in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm names must be unique; repeated: {dup}")
+        if not v:
+            raise ValueError("needs at least one arm, e.g. [{name: start_0, start: 0.0}]")
+        return v
+
+
+# --------------------------------------------------------------------------- model and training
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # ~1M parameters with a 4k vocabulary: CI and smoke studies.
+    "tiny": dict(d_model=128, n_layers=3, n_heads=4, n_kv_heads=4, ffn_hidden=352, max_seq_len=256),
+    # ~5M parameters: the default CPU study.
+    "small": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, ffn_hidden=704, max_seq_len=512),
+    # SmolLM2 shapes (HuggingFaceTB/SmolLM2-*/config.json); the papers train the 1.7B one.
+    "smollm2-135m": dict(d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_hidden=1536, max_seq_len=2048,
+                         rope_theta=100000.0),
+    "smollm2-360m": dict(d_model=960, n_layers=32, n_heads=15, n_kv_heads=5, ffn_hidden=2560, max_seq_len=2048,
+                         rope_theta=100000.0),
+    "smollm2-1.7b": dict(d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32, ffn_hidden=8192, max_seq_len=2048,
+                         rope_theta=130000.0),
+}
+
+
+class ModelConfig(Strict):
+    """Llama-style decoder: RMSNorm, RoPE, SwiGLU, tied embeddings. A preset fills unset fields."""
+
+    preset: str | None = "tiny"
+    """One of MODEL_PRESETS; fields given explicitly override the preset."""
+    d_model: int = Field(128, gt=0)
+    """Residual stream width."""
+    n_layers: int = Field(3, gt=0)
+    """Transformer blocks."""
+    n_heads: int = Field(4, gt=0)
+    """Attention (query) heads; head dim = d_model / n_heads."""
+    n_kv_heads: int = Field(4, gt=0)
+    """Key/value heads (grouped-query attention when < n_heads)."""
+    ffn_hidden: int = Field(352, gt=0)
+    """SwiGLU hidden width."""
+    max_seq_len: int = Field(256, gt=0)
+    """Longest sequence (prompt + generation) the RoPE tables cover (units: tokens)."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """RoPE base (SmolLM2-1.7B: 130,000)."""
+    norm_eps: float = Field(1e-5, gt=0)
+    """RMSNorm epsilon."""
+    init_std: float = Field(0.02, gt=0)
+    """Std of the normal weight init (output projections are scaled by 1/sqrt(2 n_layers))."""
+    vocab_size: int | None = Field(None, gt=0)
+    """Set from the trained tokenizer; leave null."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            name = data["preset"]
+            if name not in MODEL_PRESETS:
+                raise ValueError(f"unknown preset '{name}'; choose one of {sorted(MODEL_PRESETS)} or set it to null")
+            data = {**MODEL_PRESETS[name], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE")
+        return self
+
+
+class TrainConfig(Strict):
+    """Optimisation settings shared by pretraining, instruction tuning and benign finetuning."""
+
+    batch_size: int = Field(16, gt=0)
+    """Sequences per optimizer step (units: sequences)."""
+    seq_len: int = Field(128, gt=0)
+    """Tokens per sequence (pretraining windows; post-training examples are cut to this)."""
+    lr: float = Field(5e-4, gt=0)
+    """Peak learning rate (paper: AdamW 5e-4)."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final LR as a fraction of the peak."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """`cosine`: warmup then cosine decay. `wsd`: warmup, constant, linear decay over the last `decay_fraction`."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warmup length (units: optimizer steps)."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """WSD only: fraction of the steps spent decaying."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW decoupled weight decay on matrices (paper: 0.01); norms and biases get none."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW first-moment decay."""
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW second-moment decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Max global grad norm; 0 disables clipping."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = autocast to bfloat16 (weights and optimizer stay fp32)."""
+    compile: bool = False
+    """torch.compile the model (cold compile costs ~20 s on CPU; pays off for long runs)."""
+    ckpt_every: int = Field(0, ge=0)
+    """Steps between checkpoints (0 = only the final one); a killed run resumes from the last."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+
+
+class PretrainConfig(TrainConfig):
+    """Pretraining; its length comes from `curriculum.token_budget`."""
+
+
+class IFTConfig(TrainConfig):
+    """Instruction tuning on generated benign instructions + refusals (+ tag-annotated completions)."""
+
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate of instruction tuning."""
+    steps: int = Field(100, gt=0)
+    """Optimizer steps (units: steps of batch_size examples)."""
+    examples: int = Field(2000, gt=0)
+    """Size of the generated instruction set (units: examples)."""
+    refusal_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of refusal examples (papers: ~10%)."""
+    tag_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of tag-annotated harmful completions, only for arms that saw the tag (papers: 10%)."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> IFTConfig:
+        if self.refusal_fraction + self.tag_fraction >= 1:
+            raise ValueError("refusal_fraction + tag_fraction must be < 1 to leave room for benign instructions")
+        return self
+
+
+class BenignFTConfig(TrainConfig):
+    """Benign finetuning 'attack': GSM8K-style math word problems only, no safety data."""
+
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate of benign finetuning."""
+    steps: int = Field(50, gt=0)
+    """Optimizer steps (units: steps of batch_size examples)."""
+    examples: int = Field(1000, gt=0)
+    """Size of the generated math word-problem set (units: examples)."""
+
+

@@ -1,0 +1,167 @@
+"""The data interventions of Safety Pretraining, as seeded offline template generators.
+
+- `rephrase`: score 1-3 documents become safe educational text in one of the paper's 7 styles
+  (podcast, textbook, teacher script, TED talk, parent-child, friends, YouTube-Kids). Safe chunks are
+  kept verbatim (core facts survive); every chunk the scorer flagged is replaced by a disclaimer that
+  names the harm category, so each sentence is safe in isolation; the text ends positively.
+- `refusal_dialogue`: score 4-5 documents become RefuseWeb-style dialogues: a request drawing on the
+  document, and a polite refusal (acknowledge, decline, explain the harm, offer an alternative),
+  with varied role names instead of "User"/"Assistant" (paper: names replaced at tokenization).
+- `moral_education`: a refusal dialogue becomes a third-person, web-style moral lesson.
+- `inject_tags`: the harmfulness tag before words with probability p (paper Alg. 2), only in unsafe text.
+
+Every generator is a pure function of (document, seed): reruns produce identical data. An LLM backend
+(OpenAI-compatible endpoint) replaces these templates in a later release behind the same signatures.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+
+import yaml
+
+_WORD = re.compile(r"\S+")
+_STOP = set(
+    "the a an and or but if of to in on at for with from by as is are was were be been being this that "
+    "these those it its i you he she we they me him her us them my your his our their not no so do does "
+    "did have has had will would can could should may might must just than then there here what which who "
+    "whom when where why how all any each few more most other some such only own same too very into over "
+    "about after before again out up down off once also get got one two like".split()
+)
+
+
+@functools.lru_cache(maxsize=1)
+def templates() -> dict:
+    """The template tables (safepretrain/assets/intervention_templates.yaml)."""
+    text = resources.files("safepretrain.assets").joinpath("intervention_templates.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def doc_rng(doc_id: str, seed: int, purpose: str) -> random.Random:
+    """A random stream that depends only on (document, seed, purpose), not on processing order."""
+    digest = hashlib.sha256(f"{seed}:{purpose}:{doc_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def inject_tags(text: str, tag: str, p: float, rng: random.Random) -> str:
+    """Insert `tag` before each word after the first with probability `p` (paper Alg. 2).
+
+    The tag is glued to the end of the previous word ("word<tag> next"), not surrounded by spaces:
+    byte-level BPE would otherwise emit a separate space token before the special token, and SafeBeam's
+    one-token lookahead reads p(tag | text so far) right after a word.
+    """
+    words = list(_WORD.finditer(text))
+    pieces, cursor = [], 0
+    for prev in words[:-1]:  # a decision for every word after the first, made at its predecessor's end
+        pieces.append(text[cursor : prev.end()])
+        cursor = prev.end()
+        if rng.random() < p:
+            pieces.append(tag)
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def topic_of(text: str, k: int = 3) -> str:
+    """A neutral topic phrase: the most frequent content words of the safe part of a text."""
+    words = [w.lower().strip(".,;:!?\"'()[]") for w in text.split()]
+    counts = Counter(w for w in words if len(w) > 3 and w.isalpha() and w not in _STOP)
+    top = [w for w, _ in counts.most_common(k)]
+    return ", ".join(top) if top else "everyday life"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What the scorer said about a document, as the generators need it."""
+
+    doc_id: str
+    text: str
+    score: int
+    chunk_scores: list[int]
+    chunks: list[str]
+    category: str
+
+
+def rephrase(doc: Routed, seed: int) -> tuple[str, str]:
+    """Safe educational rewrite; returns (text, style)."""
+    rng = doc_rng(doc.doc_id, seed, "rephrase")
+    styles = templates()["rephrase_styles"]
+    style = rng.choice(sorted(styles))
+    t = styles[style]
+    phrase = templates()["category_phrases"][doc.category]
+    safe_text = " ".join(c for c, s in zip(doc.chunks, doc.chunk_scores) if s == 0)
+    parts = [rng.choice(t["intro"]).format(topic=topic_of(safe_text) if safe_text else phrase, n=rng.randint(1, 12))]
+    flagged_run = False
+    for chunk, score in zip(doc.chunks, doc.chunk_scores):
+        if score == 0:
+            parts.append(chunk)
+            flagged_run = False
+        elif not flagged_run:  # one disclaimer per run of flagged chunks
+            parts.append(rng.choice(t["sensitive"]).format(category=phrase))
+            flagged_run = True
+    parts.append(rng.choice(t["outro"]))
+    return "\n\n".join(parts), style
+
+
+def _snippet(doc: Routed, rng: random.Random, words: int = 24) -> str:
+    worst = max(range(len(doc.chunks)), key=lambda i: doc.chunk_scores[i])
+    toks = doc.chunks[worst].split()
+    start = rng.randint(0, max(0, len(toks) - words))
+    return " ".join(toks[start : start + words]).replace('"', "'")
+
+
+def refusal_dialogue(doc: Routed, seed: int) -> tuple[str, dict]:
+    """RefuseWeb-style dialogue; returns (text, parts) where parts feed `moral_education`."""
+    rng = doc_rng(doc.doc_id, seed, "refusal")
+    r = templates()["refusal"]
+    asker, helper = rng.choice(r["roles"])
+    request = rng.choice(r["request"]).format(snippet=_snippet(doc, rng))
+    reply = " ".join(
+        x
+        for x in (
+            rng.choice(r["acknowledge"]),
+            rng.choice(r["decline"]),
+            r["harm"][doc.category],
+            r["alternative"][doc.category],
+            rng.choice(r["close"]),
+        )
+        if x
+    )
+    return f"{asker}: {request}\n{helper}: {reply}", {"category": doc.category, "helper": helper}
+
+
+def moral_education(doc: Routed, seed: int) -> str:
+    """Third-person moral lesson about the refusal, written like an ethics blog page."""
+    rng = doc_rng(doc.doc_id, seed, "moral_ed")
+    m = templates()["moral_education"]
+    phrase = templates()["category_phrases"][doc.category]
+    harm = templates()["refusal"]["harm"][doc.category]
+    helper = rng.choice(m["helper"])
+    title = rng.choice(m["title"]).format(category_title=phrase.title())
+    body = rng.choice(m["body"]).format(
+        category=phrase,
+        helper=helper,
+        helper_cap=helper[0].upper() + helper[1:],
+        harm=harm,
+        harm_lower=harm[0].lower() + harm[1:],
+        alternative_3p=m["alternative_3p"][doc.category],
+    )
+    return f"# {title}\n\n{body}"
+
+
+def compliance_text(rng: random.Random) -> str:
+    """Generic compliance-style answer (no working instructions) for tag-annotated IFT examples."""
+    return rng.choice(templates()["compliance"])
+
+
+def refusal_reply(category: str, rng: random.Random) -> str:
+    """An assistant refusal for a harmful prompt (instruction-tuning refusal examples)."""
+    r = templates()["refusal"]
+    parts = (rng.choice(r["acknowledge"]), rng.choice(r["decline"]), r["harm"][category],
+             r["alternative"][category], rng.choice(r["close"]))
+    return " ".join(x for x in parts if x)

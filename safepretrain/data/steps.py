@@ -1,0 +1,173 @@
+"""datatrove pipeline steps of the data stage: read → score → route and intervene.
+
+Each step is a `PipelineStep` with `run(data, rank, world_size)`, so the same pipeline runs under
+datatrove's local, Slurm or Ray executors. Steps keep their own counters (`stat_update`), which
+datatrove merges into `logs/stats.json`. Nothing is dropped silently: unreadable records go to
+`rejected/` with a reason, and every routed document carries its stream in `metadata["stream"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from safepretrain.config import DataConfig
+from safepretrain.data import interventions as iv
+from safepretrain.data.scoring import chunk_text
+
+
+class ReadCorpus(PipelineStep):
+    """Read JSONL records `{"id"?, "text", "source"?}`; rank r takes every world_size-th line.
+
+    A record that cannot be used is written to `rejected/<rank>.jsonl` with the file, line number,
+    reason (invalid_json | not_an_object | missing_text | empty_text) and the raw line, and counted.
+    """
+
+    name = "📖 read corpus"
+    type = "📖 - READER"
+
+    def __init__(self, files: list[str], rejected_dir: str, max_words: int):
+        super().__init__()
+        self.files = [str(f) for f in files]
+        self.rejected_dir = rejected_dir
+        self.max_words = max_words
+
+    def _parse(self, line: str) -> tuple[dict | None, str | None]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            return None, "invalid_json"
+        if not isinstance(rec, dict):
+            return None, "not_an_object"
+        if not isinstance(rec.get("text"), str):
+            return None, "missing_text"
+        if not rec["text"].strip():
+            return None, "empty_text"
+        return rec, None
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        Path(self.rejected_dir).mkdir(parents=True, exist_ok=True)
+        line_index = -1
+        with open(Path(self.rejected_dir) / f"{rank:05d}.jsonl", "w") as rejected:
+            for path in self.files:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    for line_no, line in enumerate(f, start=1):
+                        if not line.strip():
+                            continue
+                        line_index += 1
+                        if line_index % world_size != rank:
+                            continue
+                        rec, reason = self._parse(line)
+                        if reason:
+                            self.stat_update("rejected", f"rejected_{reason}")
+                            rejected.write(json.dumps({"file": path, "line": line_no, "reason": reason,
+                                                       "raw": line.rstrip("\n")[:2000]}) + "\n")
+                            continue
+                        words = rec["text"].split()
+                        text = " ".join(words[: self.max_words]) if len(words) > self.max_words else rec["text"]
+                        doc_id = str(rec.get("id") or hashlib.sha1(line.encode()).hexdigest()[:16])
+                        source = str(rec.get("source") or Path(path).stem)
+                        self.stat_update("read", f"read_{source}")
+                        if len(words) > self.max_words:
+                            self.stat_update("truncated")
+                        yield Document(text=text, id=doc_id, metadata={"source": source,
+                                                                       "kind": rec.get("kind", "unknown")})
+
+
+class ScoreHarm(PipelineStep):
+    """Score each document 0-5 (max over chunks) and name its nearest harm category.
+
+    The scorer is loaded inside `run`, once per task, so the step pickles cheaply for remote executors.
+    """
+
+    name = "🛡 score harm"
+    type = "🔢 - SCORER"
+
+    def __init__(self, scorer_dir: str, chunk_words: int, batch_docs: int = 64):
+        super().__init__()
+        self.scorer_dir = scorer_dir
+        self.chunk_words = chunk_words
+        self.batch_docs = batch_docs
+
+    def _flush(self, scorer, batch: list[Document]) -> DocumentsPipeline:
+        from safepretrain.data.scoring import score_documents
+
+        results = score_documents(scorer, [d.text for d in batch], self.chunk_words)
+        cats = scorer.categories(np.stack([r["embedding"] for r in results]))
+        for doc, res, cat in zip(batch, results, cats):
+            doc.metadata.update(harm_score=res["score"], chunk_scores=res["chunk_scores"], category=cat)
+            self.stat_update(f"score_{res['score']}")
+            yield doc
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from safepretrain.data.scoring import EmbeddingScorer
+
+        scorer = EmbeddingScorer.load(Path(self.scorer_dir))
+        batch: list[Document] = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_docs:
+                with self.track_time(unit="batch"):
+                    yield from self._flush(scorer, batch)
+                batch = []
+        if batch:
+            yield from self._flush(scorer, batch)
+
+
+def is_val(doc_id: str, fraction: float) -> bool:
+    """Held-out membership by hash of the id: stable across runs, executors and task counts."""
+    h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "little") / 2**64
+    return h < fraction
+
+
+class RouteAndIntervene(PipelineStep):
+    """Route by score and emit one document per output stream (see config.STREAMS).
+
+    score 0 → `safe` (or `val`, a held-out slice); score ≥ 1 → `unsafe` (untouched, raw arm only);
+    rephrase range → `rephrased`; refusal range → `refusal` (+ `moral_ed`); score ≥ tag_min_score →
+    `tagged` (the tag goes into unsafe text only, never into safe or synthetic text).
+    """
+
+    name = "🔀 route + intervene"
+    type = "✂️ - INTERVENTION"
+
+    def __init__(self, cfg: DataConfig, val_fraction: float, seed: int):
+        super().__init__()
+        self.cfg = cfg
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def _emit(self, doc: Document, stream: str, text: str, **meta) -> Document:
+        self.stat_update(f"stream_{stream}")
+        keep = {k: doc.metadata[k] for k in ("source", "harm_score", "category")}
+        return Document(text=text, id=f"{doc.id}:{stream}", metadata={**keep, "stream": stream, **meta})
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        routing, icfg = self.cfg.routing, self.cfg.interventions
+        for doc in data:
+            score = doc.metadata["harm_score"]
+            if score == 0:
+                stream = "val" if is_val(doc.id, self.val_fraction) else "safe"
+                yield self._emit(doc, stream, doc.text)
+                continue
+            yield self._emit(doc, "unsafe", doc.text)
+            routed = iv.Routed(doc.id, doc.text, score, doc.metadata["chunk_scores"],
+                               chunk_text(doc.text, self.cfg.scorer.chunk_words), doc.metadata["category"])
+            lo, hi = routing.rephrase_scores
+            if lo <= score <= hi:
+                text, style = iv.rephrase(routed, self.seed)
+                yield self._emit(doc, "rephrased", text, style=style)
+            lo, hi = routing.refusal_scores
+            if lo <= score <= hi:
+                text, _ = iv.refusal_dialogue(routed, self.seed)
+                yield self._emit(doc, "refusal", text)
+                if icfg.moral_education:
+                    yield self._emit(doc, "moral_ed", iv.moral_education(routed, self.seed))
+            if score >= routing.tag_min_score:
+                rng = iv.doc_rng(doc.id, self.seed, "tag")
+                yield self._emit(doc, "tagged", iv.inject_tags(doc.text, icfg.tag, icfg.tag_probability, rng))

@@ -1,0 +1,66 @@
+"""Report plots (matplotlib, Agg backend): ASR vs start fraction per stage; probe AUROC vs layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGES = ["base", "ift", "benign_ft"]
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_asr_vs_start(rows: list[dict], starts: dict[str, float | None], path: Path) -> None:
+    """One panel per stage: ASR against the start fraction (one point per arm and seed, bars = 95% CI),
+    a line per decoder; arms without a start (raw) are dashed horizontal references."""
+    asr = [r for r in rows if r["task"] == "asr" and r["metric"] == "asr"]
+    decoders = sorted({r["decoder"] for r in asr})
+    fig, axes = plt.subplots(1, len(STAGES), figsize=(4.2 * len(STAGES), 3.4), sharey=True)
+    for ax, stage in zip(axes, STAGES):
+        for k, dec in enumerate(decoders):
+            color = f"C{k}"
+            pts = sorted((starts[r["arm"]], r) for r in asr
+                         if r["stage"] == stage and r["decoder"] == dec and starts.get(r["arm"]) is not None)
+            if pts:
+                xs = [x for x, _ in pts]
+                ys = [r["value"] for _, r in pts]
+                err = [[r["value"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["value"] for _, r in pts]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color, label=dec)
+            for r in asr:
+                if r["stage"] == stage and r["decoder"] == dec and starts.get(r["arm"]) is None:
+                    ax.axhline(r["value"], color=color, linestyle="--", linewidth=1, label=f"{r['arm']} ({dec})")
+        ax.set_title(stage)
+        ax.set_xlabel("intervention start (fraction of budget)")
+        ax.set_xlim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("attack success rate ↓")
+    axes[-1].legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def plot_probe_layers(rows: list[dict], arms: list[str], path: Path) -> None:
+    """One panel per stage: cross-validated probe AUROC at each layer, a line per arm."""
+    probe = [r for r in rows if r["task"] == "probe" and r["metric"].startswith("auroc_layer_")]
+    fig, axes = plt.subplots(1, len(STAGES), figsize=(4.2 * len(STAGES), 3.4), sharey=True)
+    for ax, stage in zip(axes, STAGES):
+        for k, arm in enumerate(arms):
+            pts = sorted((int(r["metric"].rsplit("_", 1)[1]), r["value"]) for r in probe
+                         if r["stage"] == stage and r["arm"] == arm)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{k}", label=arm)
+        ax.set_title(stage)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("probe AUROC (harmful vs benign) ↑")
+    axes[-1].legend(fontsize=7, loc="best")
+    _save(fig, path)

@@ -1,0 +1,219 @@
+"""Decoding: top-k sampling, generate_topk, safebeam_select and SafeBeam on models with known answers.
+
+    python -m pytest tests/test_decoding.py -q
+"""
+
+import math
+
+import pytest
+import torch
+
+from safepretrain.config import ModelConfig
+from safepretrain.decoding import generate_topk, safe_beam_search, safebeam_select, sample_next_token
+from safepretrain.model import Transformer
+
+# ----------------------------------------------------------------------------- a toy DecoderModel
+# Vocabulary of the toy: the next token depends only on the last one (a bigram table), so every
+# beam's score and every lookahead p(tag) can be worked out by hand.
+PAD, EOS, TAG, S, A, B, X, Y = range(8)
+
+
+class BigramCache:
+    def __init__(self, rows: int):
+        self.last = torch.zeros(rows, dtype=torch.long)
+
+    def reorder(self, index):
+        self.last = self.last[index]
+
+
+class BigramToy:
+    """DecoderModel whose p(next | prefix) = table[last token]; counts decode calls and rows."""
+
+    max_seq_len = 1000
+    device = torch.device("cpu")
+
+    def __init__(self, table: dict[int, dict[int, float]]):
+        self.logp = torch.full((8, 8), -math.inf)
+        for prev, row in table.items():
+            for nxt, p in row.items():
+                self.logp[prev, nxt] = math.log(p)
+        self.decode_rows: list[int] = []
+
+    def new_cache(self, rows, max_len):
+        return BigramCache(rows)
+
+    def prefill(self, tokens, attention_mask, cache):
+        cache.last = tokens[:, -1].clone()  # left padding: the last column is every prompt's last token
+        return self.logp[cache.last]
+
+    def decode(self, tokens, cache):
+        self.decode_rows.append(len(tokens))
+        cache.last = tokens.clone()
+        return self.logp[cache.last]
+
+
+# From S the likely continuation A leads where the tag is likely next (p_tag(S A) = 0.15); the less
+# likely B is tag-free. Plain beam search therefore answers "A X", SafeBeam "B Y".
+#   A X EOS: 0.55 · 0.80 · 0.9 = 0.396   vs   B Y EOS: 0.40 · 0.6 · 0.99 = 0.238
+FORK = {
+    S: {A: 0.55, B: 0.40, EOS: 0.05},
+    A: {X: 0.80, TAG: 0.15, EOS: 0.05},
+    B: {Y: 0.60, EOS: 0.40},
+    X: {EOS: 0.90, TAG: 0.10},
+    Y: {EOS: 0.99, X: 0.01},
+    TAG: {X: 1.0},
+    EOS: {EOS: 1.0},
+}
+
+
+def beam(model, prompts=((S,),), **kw):
+    args = dict(tag_id=TAG, beam_size=2, candidates_per_beam=2, max_new_tokens=6, stop_ids={EOS}, pad_id=PAD)
+    return safe_beam_search(model, [list(p) for p in prompts], **{**args, **kw})
+
+
+def test_plain_beam_search_takes_the_likely_unsafe_path():
+    g = beam(BigramToy(FORK), drop_fraction=0.0)[0]
+    assert g.tokens == [A, X] and g.stopped == "stop"
+    assert g.logprob == pytest.approx(math.log(0.55 * 0.8 * 0.9), abs=1e-5)
+    assert not g.short_circuited and not g.tag_emitted
+
+
+def test_safebeam_drops_the_tag_prone_branch():
+    g = beam(BigramToy(FORK), drop_fraction=0.5)[0]
+    assert g.tokens == [B, Y] and g.stopped == "stop"
+    assert g.logprob == pytest.approx(math.log(0.40 * 0.6 * 0.99), abs=1e-5)
+
+
+def test_one_batched_decode_per_step():
+    model = BigramToy(FORK)
+    beam(model, prompts=[(S,), (S,), (B,)], drop_fraction=0.5)
+    # 3 prompts × 2 beams × 2 candidates; finished prompts leave the batch (the "B" prompt ends first)
+    assert model.decode_rows[0] == 12 and len(model.decode_rows) <= 6
+    assert model.decode_rows == sorted(model.decode_rows, reverse=True)
+
+
+def test_short_circuit_when_the_tag_is_the_best_kept_candidate():
+    # From S the tag is the most likely token; what follows the tag is tag-free, what follows A or B
+    # is tag-prone, so the 50% drop removes A and keeps the tag.
+    table = {S: {TAG: 0.6, A: 0.3, B: 0.1}, TAG: {X: 1.0}, A: {TAG: 0.9, X: 0.1}, B: {TAG: 0.9, Y: 0.1},
+             X: {EOS: 1.0}, Y: {EOS: 1.0}, EOS: {EOS: 1.0}}
+    g = beam(BigramToy(table), beam_size=1)[0]
+    assert g.tokens == [TAG] and g.stopped == "tag" and g.short_circuited and g.tag_emitted
+    assert g.logprob == pytest.approx(math.log(0.6), abs=1e-5)
+    g = beam(BigramToy(table), beam_size=1, short_circuit=False)[0]
+    assert g.tokens == [TAG, X] and g.stopped == "stop" and not g.short_circuited and g.tag_emitted
+
+
+def test_length_stop_and_length_penalty():
+    loop = {S: {A: 0.6, EOS: 0.4}, A: {A: 0.6, EOS: 0.4}, EOS: {EOS: 1.0}}
+    # raw log-prob (penalty 0) prefers the immediate EOS (log 0.4 = -0.92 > 4 log 0.6 = -2.04);
+    # per token (penalty 1) the answer cut at max_new_tokens (-2.04 / 4 = -0.51)
+    short = beam(BigramToy(loop), drop_fraction=0.0, max_new_tokens=4, length_penalty=0.0)[0]
+    assert short.tokens == [] and short.stopped == "stop"
+    long = beam(BigramToy(loop), drop_fraction=0.0, max_new_tokens=4, length_penalty=1.0)[0]
+    assert long.tokens == [A] * 4 and long.stopped == "length"
+
+
+# ----------------------------------------------------------------------------- safebeam_select
+def test_select_drops_highest_ptag_then_keeps_best_logprob():
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
+    ptag = torch.tensor([[0.9, 0.1, 0.8, 0.2]])
+    idx, kept = safebeam_select(lp, ptag, torch.ones(1, 4, dtype=torch.bool), beam_size=2, drop_fraction=0.5)
+    assert idx.tolist() == [[1, 3]] and kept.all()
+    idx, _ = safebeam_select(lp, ptag, torch.ones(1, 4, dtype=torch.bool), beam_size=2, drop_fraction=0.0)
+    assert idx.tolist() == [[0, 1]]  # plain beam search
+
+
+def test_select_ties():
+    # equal p_tag: the less likely candidate is dropped first; equal log-prob: the lower index is kept
+    lp = torch.tensor([[-1.0, -2.0, -1.0, -2.0]])
+    ptag = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    idx, kept = safebeam_select(lp, ptag, torch.ones(1, 4, dtype=torch.bool), beam_size=4, drop_fraction=0.5)
+    assert idx[0, :2].tolist() == [0, 2] and kept.tolist() == [[True, True, False, False]]
+
+
+def test_select_fewer_valid_than_beams_and_floor_rounding():
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0, -5.0], [-1.0, -2.0, -3.0, -4.0, -5.0]])
+    ptag = torch.tensor([[0.1, 0.2, 0.3, 0.9, 0.9], [0.0] * 5])
+    valid = torch.tensor([[True, True, True, False, False], [True, False, False, False, False]])
+    idx, kept = safebeam_select(lp, ptag, valid, beam_size=4, drop_fraction=0.5)
+    # row 0: 3 valid → floor(1.5) = 1 dropped (the highest valid p_tag, candidate 2); invalid never kept
+    assert kept.tolist() == [[True, True, False, False], [True, False, False, False]]
+    assert idx[0, :2].tolist() == [0, 1] and idx[1, 0] == 0  # a lone valid candidate is never dropped
+    idx, kept = safebeam_select(lp[:1, :2], ptag[:1, :2], valid[:1, :2], beam_size=4, drop_fraction=0.5)
+    assert idx.shape == (1, 4) and kept.tolist() == [[True, False, False, False]]
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_top1_is_argmax_and_samples_stay_in_top_k():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g)
+    assert torch.equal(sample_next_token(logits, g, top_k=1, temperature=1.0), logits.argmax(-1))
+    assert torch.equal(sample_next_token(logits, g, top_k=5, temperature=0.0), logits.argmax(-1))
+    top5 = logits.topk(5, dim=-1).indices
+    for _ in range(20):
+        tok = sample_next_token(logits, g, top_k=5, temperature=2.0)
+        assert (top5 == tok[:, None]).any(dim=1).all()
+
+
+def test_sampling_is_reproducible_by_seed():
+    logits = torch.randn(8, 100)
+    draw = lambda seed: sample_next_token(logits, torch.Generator().manual_seed(seed), top_k=20, temperature=1.0)
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(torch.stack([draw(1) for _ in range(3)]), torch.stack([draw(s) for s in (2, 3, 4)]))
+
+
+def test_generate_topk_stops_and_respects_max_new_tokens():
+    model = BigramToy({S: {A: 1.0}, A: {B: 1.0}, B: {EOS: 1.0}, Y: {Y: 1.0}, EOS: {EOS: 1.0}})
+    gens = generate_topk(model, [[S], [Y, Y], [A]], max_new_tokens=5, top_k=3, temperature=1.0, stop_ids={EOS},
+                         pad_id=PAD, seed=0, tag_id=TAG)
+    assert [g.tokens for g in gens] == [[A, B], [Y] * 5, [B]]
+    assert [g.stopped for g in gens] == ["stop", "length", "stop"]
+    assert all(g.logprob == pytest.approx(0.0) and not g.tag_emitted for g in gens)
+
+
+# ----------------------------------------------------------------------------- the real model
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset=None, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=64,
+                      vocab_size=40)
+    return Transformer(cfg).eval()
+
+
+PROMPTS = [[3, 4, 5, 6, 7, 8], [9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20, 21]]
+
+
+def test_generate_topk_real_model_is_seeded(tiny):
+    kw = dict(max_new_tokens=8, top_k=10, temperature=1.0, stop_ids={1}, pad_id=0, batch_size=3, tag_id=2)
+    a = generate_topk(tiny, PROMPTS, seed=7, **kw)
+    assert a == generate_topk(tiny, PROMPTS, seed=7, **kw)
+    assert [g.tokens for g in a] != [g.tokens for g in generate_topk(tiny, PROMPTS, seed=8, **kw)]
+    assert all(len(g.tokens) <= 8 for g in a)
+
+
+def test_greedy_generation_matches_full_forward(tiny):
+    g = generate_topk(tiny, PROMPTS[:2], max_new_tokens=6, top_k=1, temperature=1.0, stop_ids=set(), pad_id=0,
+                      seed=0)
+    for p, gen in zip(PROMPTS, g):
+        seq = list(p)
+        for _ in range(6):
+            seq.append(int(tiny(torch.tensor([seq]))[0][0, -1].argmax()))
+        assert gen.tokens == seq[len(p):]
+
+
+def test_safe_beam_search_batched_equals_one_by_one(tiny):
+    kw = dict(tag_id=2, beam_size=3, candidates_per_beam=3, max_new_tokens=7, stop_ids={1, 5}, pad_id=0)
+    batched = safe_beam_search(tiny, PROMPTS, batch_size=4, **kw)
+    for p, g in zip(PROMPTS, batched):
+        alone = safe_beam_search(tiny, [p], batch_size=1, **kw)[0]
+        assert g.tokens == alone.tokens and g.stopped == alone.stopped
+        assert g.logprob == pytest.approx(alone.logprob, abs=1e-4)
+
+
+def test_beam_of_one_without_drop_is_greedy(tiny):
+    greedy = generate_topk(tiny, PROMPTS, max_new_tokens=6, top_k=1, temperature=1.0, stop_ids={1}, pad_id=0, seed=0)
+    beam1 = safe_beam_search(tiny, PROMPTS, tag_id=2, beam_size=1, candidates_per_beam=1, drop_fraction=0.0,
+                             max_new_tokens=6, stop_ids={1}, pad_id=0, short_circuit=False)
+    assert [g.tokens for g in beam1] == [g.tokens for g in greedy]
+    assert [g.logprob for g in beam1] == pytest.approx([g.logprob for g in greedy], abs=1e-4)

@@ -1,0 +1,91 @@
+"""End-to-end: the smoke study through the real CLI, then assertions on the run directory and its log.
+
+    python -m pytest tests/test_end_to_end.py -q
+"""
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from safepretrain.cli import main
+from safepretrain.config import load_config
+from safepretrain.world import load_world
+from safepretrain.world.dedup import near_duplicates
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 0
+    return out, load_config(out / "study.yaml")
+
+
+def test_run_directory_has_every_stage(smoke_run):
+    out, cfg = smoke_run
+    for name in ("study.yaml", "manifest.json", "study.log", "data/tokenizer.json", "data/report_card.md",
+                 "report/report.md", "report/results.csv", "report/asr_vs_start.png", "report/probe_auroc.png"):
+        assert (out / name).is_file(), name
+    for arm in cfg.curriculum.arms:
+        for stage in ("pretrain", "ift", "benign_ft"):
+            d = out / "arms" / arm.name / "seed0" / stage
+            assert list((d / "ckpt").glob("step_*/model.safetensors")), d
+            assert (d / "metrics.jsonl").is_file()
+        assert (out / "arms" / arm.name / "seed0" / "pretrain" / "tokens_by_source.json").is_file()
+
+
+def test_switch_step_logged_exactly_at_start_times_budget(smoke_run):
+    out, cfg = smoke_run
+    log = (out / "study.log").read_text()
+    tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
+    total = cfg.curriculum.token_budget // tps
+    for arm in cfg.curriculum.arms:
+        steps = [(int(m.group(1)), m.group(2)) for m in
+                 re.finditer(rf"\[pretrain {arm.name} s0\] step (\d+)/\d+ .*?interv=(on|off)", log)]
+        assert [s for s, _ in steps] == list(range(1, total + 1))
+        first_on = next((s for s, flag in steps if flag == "on"), None)  # log steps are 1-based
+        if arm.data == "raw" or arm.start == 1.0:
+            assert first_on is None
+        else:
+            assert first_on - 1 == math.ceil(arm.start * cfg.curriculum.token_budget / tps)
+            assert all(flag == "on" for s, flag in steps if s >= first_on)
+        acc = json.loads((out / "arms" / arm.name / "seed0" / "pretrain" / "tokens_by_source.json").read_text())
+        assert sum(acc["total"].values()) == total * tps
+
+
+def test_every_arm_stage_decoder_has_an_asr_in_unit_interval(smoke_run):
+    out, cfg = smoke_run
+    rows = list(csv.DictReader(open(out / "report" / "results.csv")))
+    assert list(rows[0]) == ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    for arm in cfg.curriculum.arms:
+        for stage in ("base", "ift", "benign_ft"):
+            for decoder in ("topk", "safebeam"):
+                for task, metric in (("asr", "asr"), ("overrefusal", "overrefusal")):
+                    match = [r for r in rows if (r["arm"], r["stage"], r["decoder"], r["task"], r["metric"])
+                             == (arm.name, stage, decoder, task, metric)]
+                    assert len(match) == 1, (arm.name, stage, decoder, task)
+                    r = match[0]
+                    assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
+                    assert int(r["n"]) == (cfg.eval.n_harmful if task == "asr" else cfg.eval.n_benign_edgy)
+    report = (out / "report" / "report.md").read_text()
+    assert all(a.name in report for a in cfg.curriculum.arms) and "Tokens by source" in report
+
+
+def test_train_and_eval_prompts_are_disjoint():
+    world = load_world()
+    train_side = ([p["prompt"] for p in world.harmful_train_prompts] + [l["text"] for l in world.scorer_labels]
+                  + [d["text"] for d in world.documents if d["kind"] == "harmful"])
+    assert near_duplicates([p["prompt"] for p in world.harmful_eval_prompts], train_side) == set()
+
+
+def test_rerun_skips_finished_steps(smoke_run, capsys):
+    out, _ = smoke_run
+    before = (out / "study.log").read_text().count("] step ")
+    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 0
+    assert (out / "study.log").read_text().count("] step ") == before  # nothing retrained

@@ -1,0 +1,82 @@
+"""The training loop: LR schedules, checkpoints, and exact resume after a kill.
+
+    python -m pytest tests/test_train.py -q
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safepretrain.config import ModelConfig, PretrainConfig
+from safepretrain.train import lr_at, train
+
+MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=32, vocab_size=64)
+
+
+class Batches:
+    """Deterministic batches; `die_at` simulates a kill (the process dies mid-run)."""
+
+    def __init__(self, steps, die_at=None):
+        self.total_steps, self.die_at = steps, die_at
+
+    def batch(self, step):
+        if step == self.die_at:
+            raise KeyboardInterrupt("simulated kill")
+        g = torch.Generator().manual_seed(step)
+        data = torch.randint(0, 64, (4, 17), generator=g)
+        return data[:, :-1], data[:, 1:], {"phase": "p", "interventions": step >= 5}
+
+
+def cfg(**kw):
+    return PretrainConfig(**{"batch_size": 4, "seq_len": 16, "lr": 1e-2, "warmup_steps": 2, **kw})
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_lr_schedules(schedule):
+    c = cfg(schedule=schedule, min_lr_ratio=0.1, decay_fraction=0.25)
+    lrs = [lr_at(s, 20, c) for s in range(20)]
+    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)  # linear warmup
+    assert max(lrs) == pytest.approx(0.01)
+    if schedule == "constant":
+        assert lrs[-1] == pytest.approx(0.01)
+    else:
+        assert lrs[-1] == pytest.approx(0.001, rel=0.2)
+    if schedule == "wsd":
+        assert lrs[2:15] == [pytest.approx(0.01)] * 13 and lrs[15] < 0.01  # stable, then decay over the last 25%
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+    full = train(cfg(ckpt_every=4), MODEL, Batches(10), tmp_path / "full", seed=0, label="full")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(ckpt_every=4), MODEL, Batches(10, die_at=6), tmp_path / "killed", seed=0, label="killed")
+    assert sorted(p.name for p in (tmp_path / "killed" / "ckpt").glob("step_*")) == ["step_000004"]
+    resumed = train(cfg(ckpt_every=4), MODEL, Batches(10), tmp_path / "killed", seed=0, label="killed")
+    a = load_file(str(full.checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.checkpoint / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # no step logged twice, none missing
+
+
+def test_step_lines_show_interventions(tmp_path, caplog):
+    import logging
+
+    from safepretrain.utils import log
+
+    log.propagate = True
+    with caplog.at_level(logging.INFO, logger="safepretrain"):
+        train(cfg(), MODEL, Batches(7), tmp_path, seed=0, label="t")
+    lines = [r.getMessage() for r in caplog.records if "] step " in r.getMessage()]
+    assert len(lines) == 7
+    assert ["interv=on" in ln for ln in lines] == [False] * 5 + [True] * 2
+
+
+def test_post_training_starts_from_given_weights(tmp_path):
+    first = train(cfg(), MODEL, Batches(3), tmp_path / "a", seed=0, label="a")
+    second = train(cfg(lr=1e-12, warmup_steps=0), MODEL, Batches(1), tmp_path / "b", seed=1, label="b",
+                   init_from=first.checkpoint)
+    a = load_file(str(first.checkpoint / "model.safetensors"))
+    b = load_file(str(second.checkpoint / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
