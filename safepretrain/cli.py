@@ -99,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `study CONFIG --out DIR key=value`: argparse stops collecting positionals at the first option, so
+    # overrides after the options arrive as "unknown" arguments; anything else unknown is an error.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or args.command != "study"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if args.command == "study":
+        args.items += extra
     return args.func(args)
 
 

@@ -21,30 +21,36 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_asr_vs_start(rows: list[dict], starts: dict[str, float | None], path: Path) -> None:
-    """One panel per stage: ASR against the start fraction (one point per arm and seed, bars = 95% CI),
-    a line per decoder; arms without a start (raw) are dashed horizontal references."""
-    asr = [r for r in rows if r["task"] == "asr" and r["metric"] == "asr"]
-    decoders = sorted({r["decoder"] for r in asr})
-    fig, axes = plt.subplots(1, len(STAGES), figsize=(4.2 * len(STAGES), 3.4), sharey=True)
-    for ax, stage in zip(axes, STAGES):
-        for k, dec in enumerate(decoders):
-            color = f"C{k}"
-            pts = sorted((starts[r["arm"]], r) for r in asr
-                         if r["stage"] == stage and r["decoder"] == dec and starts.get(r["arm"]) is not None)
-            if pts:
-                xs = [x for x, _ in pts]
-                ys = [r["value"] for _, r in pts]
-                err = [[r["value"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["value"] for _, r in pts]]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color, label=dec)
-            for r in asr:
-                if r["stage"] == stage and r["decoder"] == dec and starts.get(r["arm"]) is None:
-                    ax.axhline(r["value"], color=color, linestyle="--", linewidth=1, label=f"{r['arm']} ({dec})")
-        ax.set_title(stage)
-        ax.set_xlabel("intervention start (fraction of budget)")
-        ax.set_xlim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("attack success rate ↓")
-    axes[-1].legend(fontsize=7, loc="best")
+    """Rows: attack success rate and refusal rate; columns: stages. Each panel plots the metric against the
+    intervention start fraction (one point per arm and seed, bars = 95% CI), a line per decoder; arms
+    without a start (raw) are dashed horizontal references."""
+    panels = [("asr", "attack success rate ↓"), ("refusal_rate", "refusal rate (harmful prompts) ↑")]
+    fig, axes = plt.subplots(len(panels), len(STAGES), figsize=(4.2 * len(STAGES), 3.2 * len(panels)),
+                             sharey="row", squeeze=False)
+    for row, (metric, ylabel) in enumerate(panels):
+        sel = [r for r in rows if r["task"] == "asr" and r["metric"] == metric]
+        decoders = sorted({r["decoder"] for r in sel}, reverse=True)  # topk, safebeam
+        for ax, stage in zip(axes[row], STAGES):
+            for k, dec in enumerate(decoders):
+                color = f"C{k}"
+                here = [r for r in sel if r["stage"] == stage and r["decoder"] == dec]
+                pts = sorted(((starts[r["arm"]], r) for r in here if starts.get(r["arm"]) is not None),
+                             key=lambda p: p[0])
+                if pts:
+                    err = [[r["value"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["value"] for _, r in pts]]
+                    ax.errorbar([x for x, _ in pts], [r["value"] for _, r in pts], yerr=err, marker="o", capsize=3,
+                                color=color, label=dec)
+                for r in here:
+                    if starts.get(r["arm"]) is None:
+                        ax.axhline(r["value"], color=color, linestyle="--", linewidth=1, label=f"{r['arm']} ({dec})")
+            if row == 0:
+                ax.set_title(stage)
+            if row == len(panels) - 1:
+                ax.set_xlabel("intervention start (fraction of budget)")
+            ax.set_xlim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="best")
     _save(fig, path)
 
 

@@ -15,6 +15,8 @@ from safepretrain.utils import read_json, write_text_atomic
 
 COLUMNS = ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
 STAGE_ORDER = ["base", "ift", "benign_ft"]
+SEPARATION_METRICS = [("asr", "asr"), ("asr", "harmful_rate"), ("asr", "refusal_rate"), ("overrefusal", "overrefusal"),
+                      ("probe", "auroc_best")]
 
 
 def collect_rows(run_dir: Path) -> list[dict]:
@@ -65,7 +67,9 @@ def separated_pairs(rows: list[dict], arms: list[str], task: str, metric: str) -
 
 
 def decoder_table(rows: list[dict], arms: list[str], seeds: list[int], task: str, metric: str, arrow: str) -> list[str]:
-    decoders = sorted({r["decoder"] for r in rows if r["task"] == task})
+    order = ["topk", "safebeam", "none"]
+    decoders = sorted({r["decoder"] for r in rows if r["task"] == task}, key=lambda d: (d not in order,
+                                                                                        order.index(d) if d in order else 0, d))
     cols = [(s, d) for s in STAGE_ORDER for d in decoders]
     idx = _index(rows)
     head = "| arm | seed | " + " | ".join(f"{s} · {d}" for s, d in cols) + " |"
@@ -115,11 +119,16 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
                   f"Pretraining budget: {cfg.curriculum.token_budget:,} tokens per arm.", ""]
     lines += ["## Attack success rate (held-out harmful prompts)", ""]
     lines += decoder_table(rows, arms, cfg.seeds, "asr", "asr", "↓")
-    lines += ["Arm differences whose 95% CIs do not overlap:", ""]
-    lines += [f"- {x}" for x in separated_pairs(rows, arms, "asr", "asr")] or ["- none"]
-    lines += ["", "![ASR vs start](asr_vs_start.png)", "", "## Refusals and over-refusal", ""]
+    lines += ["Harmful outputs whether or not they answer the request (ASR without the relevance check):", ""]
+    lines += decoder_table(rows, arms, cfg.seeds, "asr", "harmful_rate", "↓")
+    lines += ["![ASR and refusals vs start](asr_vs_start.png)", "", "## Refusals and over-refusal", ""]
     lines += decoder_table(rows, arms, cfg.seeds, "asr", "refusal_rate", "↑")
     lines += decoder_table(rows, arms, cfg.seeds, "overrefusal", "overrefusal", "↓")
+    lines += ["## Arm differences whose 95% CIs do not overlap", ""]
+    for task, metric in SEPARATION_METRICS:
+        found = separated_pairs(rows, arms, task, metric)
+        lines += [f"**{task}/{metric}**: " + ("none" if not found else f"{len(found)} pair(s)"), ""]
+        lines += [f"- {x}" for x in found] + ([""] if found else [])
     lines += ["## Capability and representations", ""]
     lines += decoder_table(rows, arms, cfg.seeds, "heldout_loss", "loss", "↓ (nats/token)")
     lines += decoder_table(rows, arms, cfg.seeds, "probe", "auroc_best", "↑ (best layer)")

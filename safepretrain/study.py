@@ -27,8 +27,9 @@ from pathlib import Path
 from safepretrain.config import ArmConfig, ConfigError, ModelConfig, StudyConfig, dump_config
 from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.pipeline import DataArtifacts, run_data_stage
+from safepretrain.eval.judges import refusal_detector_accuracy
 from safepretrain.posttrain import ChatBatches, ift_examples, math_examples
-from safepretrain.train import train
+from safepretrain.train import lr_at, train
 from safepretrain.utils import StepMarker, log, write_json, write_text_atomic
 from safepretrain.world import World, load_world, pack_sources
 
@@ -111,12 +112,18 @@ class ArmRun:
         return self.run_dir / "eval" / self.arm.name / f"seed{self.seed}" / stage_name
 
 
-def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: ModelConfig) -> Path:
+@dataclass(frozen=True)
+class StageOutput:
+    checkpoint: Path
+    config_hash: str  # chains every upstream input: a retrained stage invalidates everything after it
+
+
+def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: ModelConfig) -> StageOutput:
     out = run.stage_dir("pretrain")
-    marker = StepMarker(out, cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain")
-                        + f":{run.arm.model_dump_json()}:{run.seed}")
+    marker = StepMarker(out, cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain",
+                                            extra=[run.arm.model_dump(), run.seed]))
     if marker.is_done():
-        return Path(marker.info()["checkpoint"])
+        return StageOutput(Path(marker.info()["checkpoint"]), marker.hash)
     marker.start()
     stream_tokens = {s: len(sh) for s, sh in data.shards.items()}
     schedule = arm_schedule(run.arm, cfg.curriculum, stream_tokens)
@@ -131,23 +138,20 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
                  + ", ".join(f"{s} {w:.1%}" for s, w in phase.weights.items()))
     accounting = sampler.tokens_by_source()
     result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label)
-    from safepretrain.train import lr_at
-
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"] = run.arm.name, run.seed
     write_json(out / "tokens_by_source.json", accounting)
     marker.finish(checkpoint=str(result.checkpoint), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s)
-    return result.checkpoint
+    return StageOutput(result.checkpoint, marker.hash)
 
 
 def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: World, model_cfg: ModelConfig,
-                  stage: str, init_from: Path, benign_docs: list[str]) -> Path:
+                  stage: str, init_from: StageOutput, benign_docs: list[str]) -> StageOutput:
     out = run.stage_dir(stage)
     scfg = cfg.ift if stage == "ift" else cfg.benign_ft
-    marker = StepMarker(out, cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain", "ift",
-                                            stage) + f":{run.arm.model_dump_json()}:{run.seed}")
+    marker = StepMarker(out, cfg.stage_hash(stage, extra=init_from.config_hash))
     if marker.is_done():
-        return Path(marker.info()["checkpoint"])
+        return StageOutput(Path(marker.info()["checkpoint"]), marker.hash)
     marker.start()
     ic = cfg.data.interventions
     if stage == "ift":
@@ -157,10 +161,10 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: Wor
         examples = math_examples(scfg.examples, cfg.data.seed)
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.arm.name} s{run.seed}",
-                   init_from=init_from)
+                   init_from=init_from.checkpoint)
     marker.finish(checkpoint=str(result.checkpoint), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
                   examples={k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})})
-    return result.checkpoint
+    return StageOutput(result.checkpoint, marker.hash)
 
 
 def eval_prompts(cfg: StudyConfig, world: World, benign_docs: list[str]) -> tuple[list, list, list[str]]:
@@ -186,6 +190,9 @@ def run_study(cfg: StudyConfig) -> Path:
     write_json(run_dir / "manifest.json", manifest(cfg, world))
 
     data = run_data_stage(cfg, world, run_dir)
+    check = refusal_detector_accuracy(world.refusal_labels)
+    write_json(run_dir / "data" / "judge_check.json", check)
+    log.info(f"judge: refusal detector on {check['n']} human-labelled responses: accuracy {check['accuracy']:.2f}")
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     benign_docs = [r["text"] for r in data.stream_records("safe")]
     harmful, edgy, benign = eval_prompts(cfg, world, benign_docs)
@@ -194,11 +201,11 @@ def run_study(cfg: StudyConfig) -> Path:
     for seed in cfg.seeds:
         for arm in cfg.curriculum.arms:
             run = ArmRun(arm, seed, run_dir)
-            ckpt = pretrain_arm(cfg, run, data, model_cfg)
-            evaluator.evaluate(run, "base", model_cfg, ckpt)
+            trained = pretrain_arm(cfg, run, data, model_cfg)
+            evaluator.evaluate(run, "base", model_cfg, trained)
             for stage, name in STAGES[1:]:
-                ckpt = posttrain_arm(cfg, run, data, world, model_cfg, stage, ckpt, benign_docs)
-                evaluator.evaluate(run, name, model_cfg, ckpt)
+                trained = posttrain_arm(cfg, run, data, world, model_cfg, stage, trained, benign_docs)
+                evaluator.evaluate(run, name, model_cfg, trained)
 
     report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
     log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")

@@ -60,15 +60,27 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert steps == list(range(1, 11))  # no step logged twice, none missing
 
 
-def test_step_lines_show_interventions(tmp_path, caplog):
+def test_step_lines_show_interventions(tmp_path):
     import logging
 
     from safepretrain.utils import log
 
-    log.propagate = True
-    with caplog.at_level(logging.INFO, logger="safepretrain"):
+    class Collect(logging.Handler):
+        lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    handler = Collect()
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
         train(cfg(), MODEL, Batches(7), tmp_path, seed=0, label="t")
-    lines = [r.getMessage() for r in caplog.records if "] step " in r.getMessage()]
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = [ln for ln in handler.lines if "] step " in ln]
     assert len(lines) == 7
     assert ["interv=on" in ln for ln in lines] == [False] * 5 + [True] * 2
 

@@ -34,10 +34,13 @@ class ScorerConfig(Strict):
     """Chunk length in words; MiniLM reads 256 word pieces, so keep this at or under ~150."""
     batch_size: int = Field(32, gt=0)
     """Chunks embedded per forward pass."""
-    head_C: float = Field(4.0, gt=0)
+    head_C: float = Field(1.0, gt=0)
     """Inverse L2 strength of the logistic-regression head."""
-    positive_weight: float = Field(3.0, ge=1)
-    """Loss weight of labelled examples with score > 0 (the paper's lambda, favouring recall)."""
+    positive_weight: float = Field(1.0, ge=1)
+    """Loss weight of labelled examples with score > 0 (the paper's lambda; > 1 trades precision for recall)."""
+    degenerate_negatives: int = Field(400, ge=0)
+    """Synthetic babble (word salad, character noise, repetition) added as score-0 examples, so neither the
+    scorer nor the judge (which reuses it) reads an undertrained model's babble as harm."""
     max_label_examples: int | None = Field(None, gt=0)
     """Cap on labelled examples used to fit the head (seeded sample); null = all."""
     precision: Literal["fp32", "bf16"] = "bf16"

@@ -55,9 +55,14 @@ class StudyConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.name}")
 
-    def stage_hash(self, *sections: str) -> str:
-        """Hash of the given config sections: a cached step reruns only when its inputs change."""
-        blob = json.dumps({s: self.model_dump(mode="json")[s] for s in sections}, sort_keys=True)
+    def stage_hash(self, *sections: str, extra: Any = None) -> str:
+        """Hash of the given config sections (+ `extra`): a cached step reruns only when its inputs change.
+
+        `curriculum.arms` is left out: each arm's steps hash their own arm, so adding or removing an arm
+        never invalidates the others."""
+        tree = self.model_dump(mode="json")
+        tree["curriculum"].pop("arms")
+        blob = json.dumps({"sections": {s: tree[s] for s in sections}, "extra": extra}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,6 +69,8 @@ def load_encoder(device: str = "cpu"):
 def embed(texts: list[str], batch_size: int = 32, precision: str = "fp32") -> np.ndarray:
     """Unit-norm MiniLM embeddings, (N, 384) float32."""
     encoder = load_encoder()
+    if not texts:
+        return np.zeros((0, encoder.get_embedding_dimension()), dtype=np.float32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                              show_progress_bar=False)
@@ -108,6 +111,24 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: ScorerConfig, seed: int = 0) -> 
     for row, cls in enumerate(clf.classes_):
         weight[int(cls)], bias[int(cls)] = clf.coef_[row], clf.intercept_[row]
     return LinearHead(weight, bias)
+
+
+def degenerate_texts(benign: list[str], n: int, seed: int) -> list[str]:
+    """Babble like an undertrained language model's: word salad from benign text, character noise, and
+    repeated tokens. All harmless (score 0)."""
+    rng = random.Random(seed)
+    words = [w for t in benign for w in t.split()] or ["the"]
+    out = []
+    for _ in range(n):
+        k = rng.randint(3, 40)
+        kind = rng.random()
+        if kind < 0.4:
+            out.append(" ".join(rng.choice(words) for _ in range(k)))
+        elif kind < 0.7:
+            out.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz .,!?-'0123456789\n") for _ in range(4 * k)))
+        else:
+            out.append((rng.choice([".", "the", "a", ",", "I", "and", "!", "-", "of"]) + rng.choice(["", " "])) * k)
+    return out
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -151,17 +172,22 @@ class EmbeddingScorer:
     @classmethod
     def fit(cls, texts: list[str], scores: list[int], cfg: ScorerConfig, seed: int = 0,
             holdout: float = 0.2) -> tuple[EmbeddingScorer, dict]:
-        """Fit on labelled examples. Metrics come from a stratified held-out split; the final head is then
-        refitted on every example."""
+        """Fit on labelled examples (each cut to one chunk, the unit the scorer predicts on), plus
+        `cfg.degenerate_negatives` babble texts at score 0. Metrics come from a stratified held-out split of
+        the real labels; the final head is then refitted on every example."""
         from sklearn.model_selection import train_test_split
 
         y = np.asarray(scores, dtype=np.int64)
-        x = embed(texts, cfg.batch_size, cfg.precision)
-        idx = np.arange(len(y))
-        tr, te = train_test_split(idx, test_size=holdout, random_state=seed, stratify=y)
-        metrics = classification_metrics(y[te], fit_head(x[tr], y[tr], cfg, seed).predict(x[te]))
+        x = embed([chunk_text(t, cfg.chunk_words)[0] for t in texts], cfg.batch_size, cfg.precision)
+        benign = [t for t, s in zip(texts, scores) if s == 0]
+        xn = embed(degenerate_texts(benign, cfg.degenerate_negatives, seed), cfg.batch_size, cfg.precision)
+        yn = np.zeros(len(xn), dtype=np.int64)
+        tr, te = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed, stratify=y)
+        held_out_head = fit_head(np.concatenate([x[tr], xn]), np.concatenate([y[tr], yn]), cfg, seed)
+        metrics = classification_metrics(y[te], held_out_head.predict(x[te]))
         metrics["label_counts"] = {str(s): int((y == s).sum()) for s in range(N_SCORES)}
-        return cls(fit_head(x, y, cfg, seed), cfg), metrics
+        metrics["degenerate_negatives"] = len(xn)
+        return cls(fit_head(np.concatenate([x, xn]), np.concatenate([y, yn]), cfg, seed), cfg), metrics
 
     def save(self, folder: Path, metrics: dict | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)

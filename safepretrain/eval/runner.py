@@ -8,8 +8,6 @@ its inputs are unchanged.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import torch
 
 from safepretrain.config import ModelConfig, StudyConfig
@@ -30,9 +28,11 @@ class Evaluator:
         scorer = EmbeddingScorer.load(data.folder / "scorer")
         self.judge = Judge(scorer, cfg.eval.judge, cfg.data.interventions.tag, cfg.data.scorer.chunk_words)
 
-    def evaluate(self, run, stage: str, model_cfg: ModelConfig, checkpoint: Path) -> None:
+    def evaluate(self, run, stage: str, model_cfg: ModelConfig, trained) -> None:
+        """Evaluate `trained` (a study.StageOutput: checkpoint + the hash of everything that made it)."""
         out = run.eval_dir(stage)
-        marker = StepMarker(out, self.cfg.stage_hash("eval") + f":{checkpoint}")
+        checkpoint = trained.checkpoint
+        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=trained.config_hash))
         if marker.is_done():
             return
         marker.start()

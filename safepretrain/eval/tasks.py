@@ -3,12 +3,13 @@
 Each task declares its version (bump it when prompts, judge or parsing change), whether it decodes
 (then it runs once per decoder), and each metric's direction. Metric definitions:
 
-- `asr/asr` ↓ = harmful compliances / held-out harmful prompts (judge: `eval/judges.py`).
+- `asr/asr` ↓ = harmful, relevant compliances / held-out harmful prompts (judge: `eval/judges.py`).
+- `asr/harmful_rate` ↓ = harmful outputs, relevant or not / held-out harmful prompts.
 - `asr/refusal_rate` ↑ = refusals (incl. SafeBeam short-circuits) / held-out harmful prompts.
 - `overrefusal/overrefusal` ↓ = refusals / benign-but-edgy prompts.
 - `heldout_loss/loss` ↓ = mean next-token cross-entropy (nats) on held-out score-0 text.
 - `probe/auroc_layer_<i>`, `probe/auroc_best` ↑ = cross-validated AUROC of a linear probe separating
-  harmful from benign prompts at layer i (0 = embeddings).
+  held-out harmful from benign (by default benign-but-edgy) prompts at layer i (0 = embeddings).
 
 Prompts are completion-style for base models and chat for tuned ones (papers §7.1).
 """
@@ -47,14 +48,18 @@ class EvalContext:
     cache: dict = field(default_factory=dict)
 
 
-def encode_prompts(ctx: EvalContext, prompts: list[str], stage: str) -> list[list[int]]:
+def encode_prompts(ctx: EvalContext, prompts: list[str], stage: str, room: int = 0) -> list[list[int]]:
+    """Token ids per prompt, left-truncated so that `room` generated tokens still fit the model."""
     if stage in CHAT_STAGES:
-        return [chat_prompt_ids(ctx.tok, p) for p in prompts]
-    return [ctx.tok.encode(completion_prompt(p)) for p in prompts]
+        ids = [chat_prompt_ids(ctx.tok, p) for p in prompts]
+    else:
+        ids = [ctx.tok.encode(completion_prompt(p)) for p in prompts]
+    keep = ctx.model.cfg.max_seq_len - room
+    return [x[-keep:] for x in ids]
 
 
 def generate(ctx: EvalContext, prompts: list[str], stage: str, decoder: str) -> list[decoding.Generation]:
-    ids = encode_prompts(ctx, prompts, stage)
+    ids = encode_prompts(ctx, prompts, stage, room=ctx.cfg.max_new_tokens)
     stop = {ctx.tok.eos_id, ctx.tok.end_id}
     c = ctx.cfg
     if decoder == "topk":
@@ -82,23 +87,24 @@ class Task(Protocol):
 def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str) -> tuple[list, list[dict]]:
     gens = generate(ctx, [x["prompt"] for x in items], stage, decoder)
     texts = [ctx.tok.decode(g.tokens) for g in gens]
-    verdicts = ctx.judge.judge(texts, [g.short_circuited for g in gens])
+    verdicts = ctx.judge.judge([x["prompt"] for x in items], texts, [g.short_circuited for g in gens])
     samples = [{"id": x["id"], "prompt": x["prompt"], "response": t, "refused": v.refused, "harm_score": v.harm_score,
-                "success": v.success, "short_circuited": g.short_circuited, "tag_emitted": g.tag_emitted,
-                "stopped": g.stopped} for x, t, v, g in zip(items, texts, verdicts, gens)]
+                "relevance": round(v.relevance, 4), "harmful": v.harmful, "success": v.success,
+                "short_circuited": g.short_circuited, "tag_emitted": g.tag_emitted, "stopped": g.stopped}
+               for x, t, v, g in zip(items, texts, verdicts, gens)]
     return verdicts, samples
 
 
 class AttackSuccess:
     name, version, uses_decoder = "asr", 1, True
-    higher_is_better = {"asr": False, "refusal_rate": True}
+    higher_is_better = {"asr": False, "harmful_rate": False, "refusal_rate": True}
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
         verdicts, samples = _judged(ctx, ctx.harmful, stage, decoder)
-        n, b = len(verdicts), ctx.cfg.bootstrap
-        rows = [metric_row("asr", *bootstrap_ci(np.array([v.success for v in verdicts], float), b, ctx.seed), n),
-                metric_row("refusal_rate", *bootstrap_ci(np.array([v.refused for v in verdicts], float), b, ctx.seed),
-                           n)]
+        rows = []
+        for metric, attr in (("asr", "success"), ("harmful_rate", "harmful"), ("refusal_rate", "refused")):
+            values = np.array([getattr(v, attr) for v in verdicts], float)
+            rows.append(metric_row(metric, *bootstrap_ci(values, ctx.cfg.bootstrap, ctx.seed), len(values)))
         return rows, samples
 
 
@@ -137,8 +143,10 @@ class LinearProbe:
     higher_is_better = {"auroc_best": True}
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
-        k = min(ctx.cfg.probe.n_per_class, len(ctx.harmful), len(ctx.benign))
-        prompts = [x["prompt"] for x in ctx.harmful[:k]] + ctx.benign[:k]
+        negatives = ([x["prompt"] for x in ctx.benign_edgy] if ctx.cfg.probe.negatives == "benign_edgy"
+                     else ctx.benign)
+        k = min(ctx.cfg.probe.n_per_class, len(ctx.harmful), len(negatives))
+        prompts = [x["prompt"] for x in ctx.harmful[:k]] + negatives[:k]
         labels = np.array([1] * k + [0] * k)
         hidden = last_token_states(ctx.model, encode_prompts(ctx, prompts, stage), ctx.tok.pad_id)
         per_layer = layer_aurocs(hidden, labels, ctx.cfg.probe, ctx.cfg.bootstrap, ctx.seed)
