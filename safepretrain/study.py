@@ -196,7 +196,7 @@ def run_study(cfg: StudyConfig) -> Path:
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     benign_docs = [r["text"] for r in data.stream_records("safe")]
     harmful, edgy, benign = eval_prompts(cfg, world, benign_docs)
-    evaluator = Evaluator(cfg, data, world, harmful, edgy, benign)
+    evaluator = Evaluator(cfg, data, harmful, edgy, benign)
 
     for seed in cfg.seeds:
         for arm in cfg.curriculum.arms:

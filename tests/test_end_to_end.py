@@ -20,10 +20,18 @@ ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
 
+def smoke_args(out: Path) -> list[str]:
+    """The smoke study plus a user corpus with two unreadable records (they must be set aside, not lost)."""
+    corpus = out.parent / "corpus.jsonl"
+    corpus.write_text('{"id": "u1", "text": "A short note about gardens and rain."}\n{broken json\n'
+                      '{"id": "u2"}\n{"id": "u3", "text": "Another ordinary sentence about trains."}\n')
+    return ["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), f"world.corpus=[{corpus}]"]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 0
+    assert main(smoke_args(out)) == 0
     return out, load_config(out / "study.yaml")
 
 
@@ -38,6 +46,17 @@ def test_run_directory_has_every_stage(smoke_run):
             assert list((d / "ckpt").glob("step_*/model.safetensors")), d
             assert (d / "metrics.jsonl").is_file()
         assert (out / "arms" / arm.name / "seed0" / "pretrain" / "tokens_by_source.json").is_file()
+
+
+def test_unreadable_records_are_set_aside_and_reported(smoke_run):
+    out, _ = smoke_run
+    rejected = [json.loads(x) for p in sorted((out / "data" / "rejected").glob("*.jsonl"))
+                for x in p.read_text().splitlines()]
+    assert sorted(r["reason"] for r in rejected) == ["invalid_json", "missing_text"]
+    card = json.loads((out / "data" / "report_card.json").read_text())
+    assert card["rejected"] == {"total": 2, "by_reason": {"invalid_json": 1, "missing_text": 1}}
+    assert "Rejected input records: 2" in (out / "report" / "report.md").read_text()
+    assert card["score_histogram"]["corpus"]  # the readable user records were scored
 
 
 def test_switch_step_logged_exactly_at_start_times_budget(smoke_run):
@@ -87,5 +106,5 @@ def test_train_and_eval_prompts_are_disjoint():
 def test_rerun_skips_finished_steps(smoke_run, capsys):
     out, _ = smoke_run
     before = (out / "study.log").read_text().count("] step ")
-    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 0
+    assert main(smoke_args(out)) == 0
     assert (out / "study.log").read_text().count("] step ") == before  # nothing retrained

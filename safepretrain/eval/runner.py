@@ -17,12 +17,11 @@ from safepretrain.eval.judges import Judge
 from safepretrain.eval.tasks import TASKS, EvalContext
 from safepretrain.train import load_model, resolve_device
 from safepretrain.utils import StepMarker, log, write_json, write_jsonl
-from safepretrain.world import World
 
 
 class Evaluator:
-    def __init__(self, cfg: StudyConfig, data: DataArtifacts, world: World, harmful: list[dict],
-                 benign_edgy: list[dict], benign: list[str]):
+    def __init__(self, cfg: StudyConfig, data: DataArtifacts, harmful: list[dict], benign_edgy: list[dict],
+                 benign: list[str]):
         self.cfg, self.data = cfg, data
         self.harmful, self.benign_edgy, self.benign = harmful, benign_edgy, benign
         scorer = EmbeddingScorer.load(data.folder / "scorer")
