@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from safepretrain.utils import read_json, read_jsonl, write_json, write_text_atomic
+from safepretrain.utils import read_jsonl, write_json, write_text_atomic
 
 
 def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) -> dict:
@@ -60,7 +60,3 @@ def to_markdown(card: dict) -> str:
               f"Recall@3 {m.get('recall@3', float('nan')):.3f}, false-positive rate on score 0 "
               f"{m.get('fpr@1', float('nan')):.3f} (n={m.get('n', 0)})", ""]
     return "\n".join(lines)
-
-
-def load_report_card(folder: Path) -> dict:
-    return read_json(folder / "report_card.json")

@@ -6,7 +6,7 @@ the tag's next-token probability, and chat formatting never depends on how marke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -68,8 +68,3 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: Path, tag: str) -> TextTokenizer:
         return cls(Tokenizer.from_file(str(path)), tag)
-
-
-def iter_texts(records: Iterable[dict]) -> Iterator[str]:
-    for rec in records:
-        yield rec["text"]
