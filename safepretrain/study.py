@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from safepretrain.config import ArmConfig, ConfigError, ModelConfig, StudyConfig, dump_config
 from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.pipeline import DataArtifacts, run_data_stage
@@ -198,14 +201,22 @@ def run_study(cfg: StudyConfig) -> Path:
     harmful, edgy, benign = eval_prompts(cfg, world, benign_docs)
     evaluator = Evaluator(cfg, data, harmful, edgy, benign)
 
-    for seed in cfg.seeds:
-        for arm in cfg.curriculum.arms:
-            run = ArmRun(arm, seed, run_dir)
-            trained = pretrain_arm(cfg, run, data, model_cfg)
-            evaluator.evaluate(run, "base", model_cfg, trained)
-            for stage, name in STAGES[1:]:
-                trained = posttrain_arm(cfg, run, data, world, model_cfg, stage, trained, benign_docs)
-                evaluator.evaluate(run, name, model_cfg, trained)
+    # one progress bar over (seed, arm, stage) units; log lines print above it
+    bar = tqdm(total=len(cfg.seeds) * len(cfg.curriculum.arms) * len(STAGES), desc="study", unit="stage",
+               dynamic_ncols=True)
+    with logging_redirect_tqdm(loggers=[log]), bar:
+        for seed in cfg.seeds:
+            for arm in cfg.curriculum.arms:
+                run = ArmRun(arm, seed, run_dir)
+                bar.set_postfix_str(f"{arm.name} s{seed} pretrain")
+                trained = pretrain_arm(cfg, run, data, model_cfg)
+                evaluator.evaluate(run, "base", model_cfg, trained)
+                bar.update()
+                for stage, name in STAGES[1:]:
+                    bar.set_postfix_str(f"{arm.name} s{seed} {stage}")
+                    trained = posttrain_arm(cfg, run, data, world, model_cfg, stage, trained, benign_docs)
+                    evaluator.evaluate(run, name, model_cfg, trained)
+                    bar.update()
 
     report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
     log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")
