@@ -16,8 +16,9 @@ from safepretrain.config import ConfigError, dump_config, load_config
 
 
 def _study(args: argparse.Namespace) -> int:
+    from safepretrain.rundir import RunDirError, check_run_dir
     from safepretrain.study import plan, run_study, validate_against_world
-    from safepretrain.utils import setup_logging
+    from safepretrain.utils import StepFolderError
 
     config, overrides = None, list(args.items)
     if overrides and "=" not in overrides[0]:
@@ -27,7 +28,8 @@ def _study(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, overrides)
         validate_against_world(cfg)
-    except ConfigError as err:
+        check_run_dir(cfg.run_dir)
+    except (ConfigError, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -36,20 +38,29 @@ def _study(args: argparse.Namespace) -> int:
         for line in plan(cfg):
             print(f"- {line}")
         return 0
-    setup_logging(cfg.run_dir / "study.log")
-    run_study(cfg)
+    try:
+        run_study(cfg)
+    except (RunDirError, StepFolderError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from safepretrain.report import build_report
+    from safepretrain.rundir import RunDirError, RunLock
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "study.yaml").is_file():
         print(f"error: {run_dir} is not a study run directory (no study.yaml)", file=sys.stderr)
         return 2
-    print(build_report(run_dir, load_config(run_dir / "study.yaml")))
+    try:
+        with RunLock(run_dir):  # never read a run while a study is writing it
+            print(build_report(run_dir, load_config(run_dir / "study.yaml")))
+    except RunDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

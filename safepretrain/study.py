@@ -6,12 +6,9 @@ inputs did not change is skipped, and a killed study resumes where it stopped (t
 its last checkpoint). Run directory:
 
 ```
-runs/<study>/study.yaml manifest.json study.log
-  data/                                      (see data/pipeline.py)
-  arms/<arm>/seed<k>/<pretrain|ift|benign_ft>/  ckpt/ metrics.jsonl train_result.json [tokens_by_source.json]
-  eval/<arm>/seed<k>/<base|ift|benign_ft>/<decoder>/<task>/  results.json samples.jsonl
-  report/  report.md results.csv asr_vs_start.png probe_auroc.png
+runs/<study>/  (layout and safety rules: rundir.py)
 ```
+The study holds the run directory's lock from start to end, so two studies never share one.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import platform
 import random
 import subprocess
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -32,13 +28,10 @@ from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.pipeline import DataArtifacts, run_data_stage
 from safepretrain.eval.judges import refusal_detector_accuracy
 from safepretrain.posttrain import ChatBatches, ift_examples, math_examples
+from safepretrain.rundir import STAGES, ArmRun, RunLock, StageOutput, inside_run, relative_to_run
 from safepretrain.train import lr_at, train
-from safepretrain.utils import StepMarker, log, write_json, write_text_atomic
+from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
 from safepretrain.world import World, load_world, pack_sources
-
-# (folder under arms/, stage name in results)
-STAGES = (("pretrain", "base"), ("ift", "ift"), ("benign_ft", "benign_ft"))
-
 
 def validate_against_world(cfg: StudyConfig) -> None:
     """Checks that need the world pack or the file system; run before any work."""
@@ -100,25 +93,8 @@ def manifest(cfg: StudyConfig, world: World) -> dict:
                                                         "pretrain", "ift", "benign_ft", "eval")}}
 
 
-@dataclass
-class ArmRun:
-    """Paths and settings of one (arm, seed)."""
-
-    arm: ArmConfig
-    seed: int
-    run_dir: Path
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / "arms" / self.arm.name / f"seed{self.seed}" / stage
-
-    def eval_dir(self, stage_name: str) -> Path:
-        return self.run_dir / "eval" / self.arm.name / f"seed{self.seed}" / stage_name
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    checkpoint: Path
-    config_hash: str  # chains every upstream input: a retrained stage invalidates everything after it
+def _finished(marker: StepMarker, run: ArmRun) -> StageOutput:
+    return StageOutput(inside_run(marker.info()["checkpoint"], run.run_dir), marker.hash)
 
 
 def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: ModelConfig) -> StageOutput:
@@ -126,7 +102,7 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     marker = StepMarker(out, cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain",
                                             extra=[run.arm.model_dump(), run.seed]))
     if marker.is_done():
-        return StageOutput(Path(marker.info()["checkpoint"]), marker.hash)
+        return _finished(marker, run)
     marker.start()
     stream_tokens = {s: len(sh) for s, sh in data.shards.items()}
     schedule = arm_schedule(run.arm, cfg.curriculum, stream_tokens)
@@ -144,7 +120,7 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"] = run.arm.name, run.seed
     write_json(out / "tokens_by_source.json", accounting)
-    marker.finish(checkpoint=str(result.checkpoint), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s)
+    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s)
     return StageOutput(result.checkpoint, marker.hash)
 
 
@@ -154,7 +130,7 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: Wor
     scfg = cfg.ift if stage == "ift" else cfg.benign_ft
     marker = StepMarker(out, cfg.stage_hash(stage, extra=init_from.config_hash))
     if marker.is_done():
-        return StageOutput(Path(marker.info()["checkpoint"]), marker.hash)
+        return _finished(marker, run)
     marker.start()
     ic = cfg.data.interventions
     if stage == "ift":
@@ -165,7 +141,7 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: Wor
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.arm.name} s{run.seed}",
                    init_from=init_from.checkpoint)
-    marker.finish(checkpoint=str(result.checkpoint), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
+    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
                   examples={k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})})
     return StageOutput(result.checkpoint, marker.hash)
 
@@ -182,12 +158,18 @@ def eval_prompts(cfg: StudyConfig, world: World, benign_docs: list[str]) -> tupl
 
 
 def run_study(cfg: StudyConfig) -> Path:
+    """Run the whole study in `cfg.run_dir`, holding its lock throughout (rundir.RunLock)."""
+    with RunLock(cfg.run_dir):
+        setup_logging(cfg.run_dir / "study.log")
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: StudyConfig) -> Path:
     from safepretrain.eval.runner import Evaluator
     from safepretrain.report import build_report
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
     world = load_world(cfg.world.pack)
     write_json(run_dir / "manifest.json", manifest(cfg, world))

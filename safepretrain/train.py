@@ -193,7 +193,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir
         final = save_checkpoint(ckpt_dir, model, opt, {"step": total, "label": label, "loss": loss_val})
     wall = time.perf_counter() - t_begin  # includes checkpoints: they are part of the loop's cost
     result = TrainResult(final, total, loss_val, tokens_done / wall if wall > 0 else 0.0, wall)
-    write_json(out_dir / "train_result.json", {**result.__dict__, "checkpoint": str(result.checkpoint)})
+    # the checkpoint relative to out_dir: a moved or copied run never points at another run's files
+    write_json(out_dir / "train_result.json", {**result.__dict__,
+                                               "checkpoint": os.path.relpath(result.checkpoint, out_dir)})
     return result
 
 

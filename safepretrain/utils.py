@@ -82,7 +82,9 @@ class StepMarker:
     """`done.json` beside a step's outputs: the step is skipped when its config hash matches.
 
     A folder whose marker (or in-progress hash) disagrees with the current config is wiped first, so
-    stale partial outputs (e.g. datatrove completion files) can never be mistaken for fresh ones.
+    stale partial outputs (e.g. datatrove completion files) can never be mistaken for fresh ones. Only
+    folders this class marked are ever wiped: a non-empty folder without a marker is someone else's,
+    and the step refuses to run there.
     """
 
     def __init__(self, folder: Path, config_hash: str):
@@ -94,11 +96,18 @@ class StepMarker:
         return self.done_file.is_file() and read_json(self.done_file).get("config_hash") == self.hash
 
     def start(self) -> None:
-        """Begin (or resume) the step: keep partial outputs of the same config, wipe others."""
+        """Begin (or resume) the step: keep partial outputs of the same config, wipe our own others."""
         if self.folder.exists():
-            same = self.started_file.is_file() and self.started_file.read_text().strip() == self.hash
-            if not same:
-                shutil.rmtree(self.folder)
+            if self.started_file.is_file():
+                previous = self.started_file.read_text().strip()
+                if previous != self.hash:
+                    log.info(f"{self.folder}: config changed since this step last ran (hash {previous} -> "
+                             f"{self.hash}); rerunning it")
+                    shutil.rmtree(self.folder)
+            elif any(self.folder.iterdir()):
+                raise StepFolderError(
+                    f"{self.folder} holds files that no safepretrain step wrote (no {self.started_file.name}); "
+                    "refusing to overwrite them. Move them away, or give the study another --out")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.started_file.write_text(self.hash)
 
@@ -107,3 +116,7 @@ class StepMarker:
 
     def info(self) -> dict:
         return read_json(self.done_file)
+
+
+class StepFolderError(RuntimeError):
+    """A step's output folder holds files that the step did not write."""

@@ -35,3 +35,8 @@ def test_world_info_lists_sources(capsys):
     assert main(["world", "info"]) == 0
     text = capsys.readouterr().out
     assert "documents/brown" in text and "harmful_eval_prompts" in text
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a study run directory" in capsys.readouterr().err

@@ -108,3 +108,26 @@ def test_rerun_skips_finished_steps(smoke_run, capsys):
     before = (out / "study.log").read_text().count("] step ")
     assert main(smoke_args(out)) == 0
     assert (out / "study.log").read_text().count("] step ") == before  # nothing retrained
+
+
+def test_run_directory_is_relocatable(smoke_run):
+    """Stored paths are relative: a copy, with the original moved away, reuses its own finished steps."""
+    import shutil
+
+    out, _ = smoke_run
+    for name in ("done.json", "train_result.json", "results.json"):
+        for p in out.rglob(name):
+            ckpt = json.loads(p.read_text()).get("checkpoint")
+            assert ckpt is None or not Path(ckpt).is_absolute(), p
+    copy = out.parent / "copy"
+    shutil.copytree(out, copy)
+    moved = out.parent / "moved"
+    out.rename(moved)
+    try:
+        before = (copy / "study.log").read_text().count("] step ")
+        args = smoke_args(copy)
+        assert main(args) == 0
+        assert (copy / "study.log").read_text().count("] step ") == before  # nothing retrained
+        assert not out.exists()  # and the original's path was never touched
+    finally:
+        moved.rename(out)

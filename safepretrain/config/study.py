@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from safepretrain.config.base import ConfigError, Strict
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
@@ -34,6 +34,14 @@ class StudyConfig(Strict):
     ift: IFTConfig = IFTConfig()
     benign_ft: BenignFTConfig = BenignFTConfig()
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_path_step(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"name={v!r} would make the run directory a parent folder; use letters or digits, "
+                             "e.g. name=my_study")
+        return v
 
     @model_validator(mode="after")
     def _cross(self) -> StudyConfig:

@@ -15,6 +15,7 @@ from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.data.scoring import EmbeddingScorer
 from safepretrain.eval.judges import Judge
 from safepretrain.eval.tasks import TASKS, EvalContext
+from safepretrain.rundir import relative_to_run
 from safepretrain.train import load_model, resolve_device
 from safepretrain.utils import StepMarker, log, write_json, write_jsonl
 
@@ -31,6 +32,7 @@ class Evaluator:
         """Evaluate `trained` (a study.StageOutput: checkpoint + the hash of everything that made it)."""
         out = run.eval_dir(stage)
         checkpoint = trained.checkpoint
+        stored_ckpt = relative_to_run(checkpoint, run.run_dir)
         marker = StepMarker(out, self.cfg.stage_hash("eval", extra=trained.config_hash))
         if marker.is_done():
             return
@@ -49,11 +51,11 @@ class Evaluator:
                 write_json(folder / "results.json", {
                     "arm": run.arm.name, "seed": run.seed, "stage": stage, "decoder": decoder, "task": task.name,
                     "task_version": task.version, "higher_is_better": task.higher_is_better, "rows": rows,
-                    "checkpoint": str(checkpoint), "seconds": time.perf_counter() - t1})
+                    "checkpoint": stored_ckpt, "seconds": time.perf_counter() - t1})
                 if samples:
                     write_jsonl(folder / "samples.jsonl", samples)
                 headline = rows[-1] if task.name == "probe" else rows[0]
                 summary.append(f"{task.name}/{decoder} {headline['metric']}={headline['value']:.3f}")
         log.info(f"[eval {run.arm.name} s{run.seed} {stage}] " + " | ".join(summary)
                  + f" ({time.perf_counter() - t0:.0f}s)")
-        marker.finish(checkpoint=str(checkpoint))
+        marker.finish(checkpoint=stored_ckpt)
