@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         bare_loop(model_cfg, cfg, batches[:5])  # warm-up (allocator, kernels)
         bare, ours = [], []
         for r in range(args.repeats):  # alternate who goes first, so drift in machine speed hits both
-            run_ours = lambda: ours.append(our_loop(model_cfg, cfg, sampler, Path(tmp) / f"run{r}"))  # noqa: E731
+            run_ours = lambda r=r: ours.append(our_loop(model_cfg, cfg, sampler, Path(tmp) / f"run{r}"))  # noqa: E731
             run_bare = lambda: bare.append(bare_loop(model_cfg, cfg, batches))  # noqa: E731
             for run in ((run_bare, run_ours) if r % 2 == 0 else (run_ours, run_bare)):
                 run()

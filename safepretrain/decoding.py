@@ -153,8 +153,7 @@ def generate_topk(model: DecoderModel, prompts: list[list[int]], *, max_new_toke
                 break
             # finished rows keep decoding (their tokens are ignored): cheaper than shrinking the cache
             logits = model.decode(nxt, cache)
-        for r, (toks, n, lp, s) in enumerate(zip(generated.tolist(), n_tokens.tolist(), logprob.tolist(),
-                                                hit_stop.tolist())):
+        for toks, n, lp, s in zip(generated.tolist(), n_tokens.tolist(), logprob.tolist(), hit_stop.tolist()):
             toks = toks[:n]
             out.append(Generation(toks, lp, "stop" if s else "length", False, tag_id is not None and tag_id in toks))
     return out

@@ -158,7 +158,8 @@ def test_top1_is_argmax_and_samples_stay_in_top_k():
 
 def test_sampling_is_reproducible_by_seed():
     logits = torch.randn(8, 100)
-    draw = lambda seed: sample_next_token(logits, torch.Generator().manual_seed(seed), top_k=20, temperature=1.0)
+    def draw(seed):
+        return sample_next_token(logits, torch.Generator().manual_seed(seed), top_k=20, temperature=1.0)
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(torch.stack([draw(1) for _ in range(3)]), torch.stack([draw(s) for s in (2, 3, 4)]))
 

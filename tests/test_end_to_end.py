@@ -98,7 +98,7 @@ def test_every_arm_stage_decoder_has_an_asr_in_unit_interval(smoke_run):
 
 def test_train_and_eval_prompts_are_disjoint():
     world = load_world()
-    train_side = ([p["prompt"] for p in world.harmful_train_prompts] + [l["text"] for l in world.scorer_labels]
+    train_side = ([p["prompt"] for p in world.harmful_train_prompts] + [lab["text"] for lab in world.scorer_labels]
                   + [d["text"] for d in world.documents if d["kind"] == "harmful"])
     assert near_duplicates([p["prompt"] for p in world.harmful_eval_prompts], train_side) == set()
 

@@ -8,12 +8,12 @@ import random
 
 import numpy as np
 import pytest
+from datatrove.data import Document
 
 from safepretrain.config import DataConfig
 from safepretrain.data import interventions as iv
 from safepretrain.data.scoring import chunk_text, score_documents
 from safepretrain.data.steps import ReadCorpus, RouteAndIntervene
-from datatrove.data import Document
 
 TAG = "<potentially unsafe content>"
 
