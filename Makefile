@@ -18,6 +18,7 @@ study: $(BIN)/.installed
 	$(BIN)/safepretrain study $(CONFIG)
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 smoke: $(BIN)/.installed

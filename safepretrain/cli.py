@@ -2,6 +2,7 @@
 
     safepretrain study [CONFIG] [--out DIR] [--dry-run] [key=value ...]
     safepretrain report RUN_DIR
+    safepretrain eval RUN_DIR|CHECKPOINT --task T [--prompts FILE] [--decoder D] [--arm A --seed K --stage S]
     safepretrain world build [--out DIR] [--cache DIR]
     safepretrain world info [--pack DIR]
 """
@@ -64,6 +65,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from safepretrain.eval.adhoc import EvalInputError, run_eval
+
+    try:
+        out = run_eval(Path(args.target), tasks=args.task, decoders=args.decoder,
+                       prompts_file=Path(args.prompts) if args.prompts else None, column=args.column, arm=args.arm,
+                       seed=args.seed, stage=args.stage, out=Path(args.out) if args.out else None)
+    except EvalInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results: {out}")
+    return 0
+
+
 def _world(args: argparse.Namespace) -> int:
     if args.action == "build":
         from safepretrain.world.build import main as build_main
@@ -99,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.md / results.csv / plots from a run directory")
     r.add_argument("run_dir")
     r.set_defaults(func=_report)
+
+    e = sub.add_parser("eval", help="evaluate one checkpoint on the bundled sets or on a prompt file")
+    e.add_argument("target", help="a run directory (with --arm/--seed/--stage) or a checkpoint folder")
+    e.add_argument("--task", action="append", required=True,
+                   help="task to run (repeatable): asr, overrefusal, likelihood, probe, heldout_loss")
+    e.add_argument("--decoder", action="append", choices=["topk", "beam", "safebeam"],
+                   help="decoder (repeatable); default: the run's eval.decoders")
+    e.add_argument("--prompts", help="prompt file (.txt, .jsonl or .csv) replacing the bundled prompts")
+    e.add_argument("--column", help="field/column of the prompt in a .jsonl/.csv file (default: prompt)")
+    e.add_argument("--arm")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--stage", help="base, ift or benign_ft (default: from the checkpoint's folder)")
+    e.add_argument("--out", help="output folder (default: RUN_DIR/eval_adhoc/...)")
+    e.set_defaults(func=_eval)
 
     w = sub.add_parser("world", help="build or inspect the embedded default world")
     w.add_argument("action", choices=["build", "info"])

@@ -1,14 +1,16 @@
-"""Decoding: seeded top-k sampling and SafeBeam (papers §6), batched over prompts, KV-cached.
+"""Decoding: seeded top-k sampling, plain beam search and SafeBeam (papers §6), batched, KV-cached.
 
 The selection rules are pure functions over tensors (`sample_next_token`, `safebeam_select`); the
-two loops (`generate_topk`, `safe_beam_search`) only move tokens, caches and bookkeeping around
-them. Any model implementing `DecoderModel` works, so tests drive the loops with a hand-built toy.
+loops (`generate_topk`, and `_beam_batch` behind `beam_search` / `safe_beam_search`) only move tokens,
+caches and bookkeeping around them. Any model implementing `DecoderModel` works, so tests drive the
+loops with a hand-built toy. `decode` runs a decoder by name from `DECODERS` (the eval entry point).
 
 SafeBeam (Safety Pretraining §4.1, Alg. 1/2), per prompt and step:
     candidates  = top-N next tokens of each live beam; cumulative log-prob = beam + log p(token)
     p_tag(y')   = p(tag | y') by one-token lookahead: run the candidate through the model
     drop the `drop_fraction` of the candidates with the highest p_tag
     keep the top `beam_size` of the rest by cumulative log-prob
+and the answer is the finished hypothesis with the highest cumulative log-prob (Alg. 1's last line).
 The lookahead forward that gives p_tag(y') is the forward that appends y' to the cache, and its
 logits are the next step's distribution for y'. So a step costs exactly one batched decode over
 prompts × beams × candidates rows: the cache is expanded to one row per candidate before it and
@@ -16,15 +18,19 @@ gathered back to the survivors (already expanded for the next step) after it.
 
 Choices the paper leaves open (papers §6.2 marks them UNCONFIRMED): stop tokens and the tag are
 candidates like any other token (their p_tag is the lookahead after them, as in Alg. 1); a kept stop
-token ends its hypothesis; the drop count is floor(drop_fraction · valid candidates); the answer is
-the finished hypothesis with the best length-normalised log-prob (see `safe_beam_search`).
+token ends its hypothesis; the drop count is floor(drop_fraction · valid candidates). Length
+normalisation of the final pick is available (`length_penalty`) but off by default, as in the paper.
+
+`beam_search` is the control of the same width: the same loop with nothing dropped and the tag an
+ordinary token, so a SafeBeam-vs-beam comparison isolates the tag filter from beam search itself.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -199,7 +205,7 @@ def safebeam_select(cand_logprob: torch.Tensor, cand_ptag: torch.Tensor, valid: 
 @torch.inference_mode()
 def safe_beam_search(model: DecoderModel, prompts: list[list[int]], *, tag_id: int, beam_size: int = 4,
                      candidates_per_beam: int = 4, drop_fraction: float = 0.5, max_new_tokens: int,
-                     stop_ids: set[int], pad_id: int, short_circuit: bool = True, length_penalty: float = 1.0,
+                     stop_ids: set[int], pad_id: int, short_circuit: bool = True, length_penalty: float = 0.0,
                      batch_size: int = 16) -> list[Generation]:
     """SafeBeam for each prompt (module docstring); `batch_size` prompts are searched together.
 
@@ -207,10 +213,31 @@ def safe_beam_search(model: DecoderModel, prompts: list[list[int]], *, tag_id: i
     a kept tag finishes it as "tag" (short-circuited, the tag included in its tokens); live beams
     left at `max_new_tokens` finish as "length". Finished hypotheses leave the beam and are pooled;
     the search ends when no beam is live. The answer is the pooled hypothesis with the highest
-    logprob / max(1, len(tokens)) ** length_penalty. Within a step every candidate has the same
-    length, so the per-step selection is by cumulative log-prob exactly as in the paper; the length
-    penalty only compares finished hypotheses of different lengths (0 = the paper's raw log-prob).
+    logprob / max(1, len(tokens)) ** length_penalty: 0 (default) is the paper's raw cumulative
+    log-prob, 1 the per-token average. Within a step every candidate has the same length, so the
+    penalty never changes the per-step selection, only the comparison of finished hypotheses.
     """
+    if tag_id is None:
+        raise ValueError("SafeBeam needs a tokenizer with the tag token (tag_id is None)")
+    return _search(model, prompts, tag_id, beam_size, candidates_per_beam, drop_fraction, max_new_tokens,
+                   stop_ids, pad_id, short_circuit, length_penalty, batch_size)
+
+
+@torch.inference_mode()
+def beam_search(model: DecoderModel, prompts: list[list[int]], *, beam_size: int, candidates_per_beam: int,
+                max_new_tokens: int, stop_ids: set[int], pad_id: int, tag_id: int | None = None,
+                length_penalty: float = 0.0, batch_size: int = 16) -> list[Generation]:
+    """Plain beam search: SafeBeam's loop with drop_fraction=0 and no short-circuit (same width, same
+    stop handling, same final pick), the control that SafeBeam's tag filter is measured against.
+
+    The tag is an ordinary token here; `tag_id` only fills `Generation.tag_emitted`.
+    """
+    return _search(model, prompts, tag_id, beam_size, candidates_per_beam, 0.0, max_new_tokens, stop_ids,
+                   pad_id, False, length_penalty, batch_size)
+
+
+def _search(model, prompts, tag_id, beam_size, candidates_per_beam, drop_fraction, max_new_tokens, stop_ids,
+            pad_id, short_circuit, length_penalty, batch_size) -> list[Generation]:
     prompts = _fit_prompts(model, prompts, max_new_tokens)
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
@@ -221,6 +248,7 @@ def safe_beam_search(model: DecoderModel, prompts: list[list[int]], *, tag_id: i
 
 def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, stop_ids, pad_id, short_circuit,
                 length_penalty) -> list[Generation]:
+    """One batch of prompts; tag_id None (plain beam search) requires drop_fraction 0, no short-circuit."""
     device = model.device
     tokens, mask = _left_pad(prompts, pad_id, device)
     cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
@@ -248,7 +276,8 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
         # one-token lookahead: append every candidate to its beam's cache row → p(tag | y') and the
         # next-step distribution of y' in a single forward
         la_logp = model.decode(cand_tok.reshape(-1), cache).float().log_softmax(-1).view(A, K * C, V)
-        ptag = la_logp[..., tag_id].exp()  # (A, K*C)
+        # without a tag nothing is dropped (drop_fraction 0), so p_tag is only a placeholder
+        ptag = la_logp[..., tag_id].exp() if tag_id is not None else torch.zeros_like(cand_lp)  # (A, K*C)
         index, kept = safebeam_select(cand_lp, ptag, valid, K, drop_fraction)  # (A, K)
 
         tok = cand_tok.gather(1, index)  # (A, K)
@@ -256,7 +285,7 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
         parent = index // C  # beam slot each survivor extends
         seqs = torch.cat([seqs.gather(1, parent[..., None].expand(-1, -1, seqs.shape[2])), tok[..., None]], dim=2)
         is_stop = torch.isin(tok, stop)
-        is_tag = (tok == tag_id) & ~is_stop & short_circuit
+        is_tag = (tok == tag_id) & ~is_stop & short_circuit if tag_id is not None else torch.zeros_like(is_stop)
         finish = kept & (is_stop | is_tag | (step == max_new_tokens - 1))
         live = kept & ~finish
 
@@ -266,7 +295,7 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
                                                     is_tag[finish].tolist()):
                 toks = toks[:-1] if by_stop else toks  # the stop token is not part of the answer
                 stopped = "stop" if by_stop else "tag" if by_tag else "length"
-                pool[a].append(Generation(toks, lp, stopped, by_tag, tag_id in toks))
+                pool[a].append(Generation(toks, lp, stopped, by_tag, tag_id is not None and tag_id in toks))
         searching = live.any(dim=1)  # (A,)
         if not bool(searching.any()):
             break
@@ -282,3 +311,54 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
         return g.logprob / max(1, len(g.tokens)) ** length_penalty
 
     return [max(hyps, key=score) for hyps in pool]
+
+
+# --------------------------------------------------------------------------- decoder registry
+# Every decoder takes the same keyword arguments, so adding one is a function plus a DECODERS line.
+# `settings` is any object with the decoder's attributes (e.g. the eval config's section for it).
+# `batch_size` is the top-k batch in prompts; beam decoders search half as many prompts at a time
+# because every prompt holds beam_size × candidates_per_beam cache rows (the eval code's choice).
+def _beam_prompts_per_batch(batch_size: int) -> int:
+    return max(1, batch_size // 2)
+
+
+def _decode_topk(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
+    return generate_topk(model, prompts, max_new_tokens=max_new_tokens, top_k=settings.k,
+                         temperature=settings.temperature, stop_ids=stop_ids, pad_id=pad_id, seed=seed,
+                         batch_size=batch_size, tag_id=tag_id)
+
+
+def _decode_beam(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
+    # deterministic: `seed` is unused
+    return beam_search(model, prompts, beam_size=settings.beam_size,
+                       candidates_per_beam=settings.candidates_per_beam, max_new_tokens=max_new_tokens,
+                       stop_ids=stop_ids, pad_id=pad_id, tag_id=tag_id, length_penalty=settings.length_penalty,
+                       batch_size=_beam_prompts_per_batch(batch_size))
+
+
+def _decode_safebeam(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
+    # deterministic: `seed` is unused
+    return safe_beam_search(model, prompts, tag_id=tag_id, beam_size=settings.beam_size,
+                            candidates_per_beam=settings.candidates_per_beam, drop_fraction=settings.drop_fraction,
+                            max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                            short_circuit=settings.short_circuit, length_penalty=settings.length_penalty,
+                            batch_size=_beam_prompts_per_batch(batch_size))
+
+
+DECODERS: dict[str, Callable[..., list[Generation]]] = {
+    "topk": _decode_topk,
+    "beam": _decode_beam,
+    "safebeam": _decode_safebeam,
+}
+
+
+def decode(name: str, model: DecoderModel, prompts: list[list[int]], *, settings: Any, max_new_tokens: int,
+           stop_ids: set[int], pad_id: int, tag_id: int | None, seed: int, batch_size: int) -> list[Generation]:
+    """Run decoder `name` from DECODERS on `prompts` (one Generation each, in order).
+
+    Raises ValueError for an unknown name, and for "safebeam" when `tag_id` is None.
+    """
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; known decoders: {', '.join(sorted(DECODERS))}")
+    return DECODERS[name](model, prompts, settings=settings, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                          pad_id=pad_id, tag_id=tag_id, seed=seed, batch_size=batch_size)

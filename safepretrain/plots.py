@@ -50,23 +50,34 @@ def plot_asr_vs_start(rows: list[dict], starts: dict[str, float | None], path: P
             ax.set_xlim(-0.05, 1.05)
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="best")
     _save(fig, path)
 
 
 def plot_probe_layers(rows: list[dict], arms: list[str], path: Path) -> None:
-    """One panel per stage: cross-validated probe AUROC at each layer, a line per arm."""
-    probe = [r for r in rows if r["task"] == "probe" and r["metric"].startswith("auroc_layer_")]
+    """One panel per stage: cross-validated probe AUROC (last content token, pooled over seeds) at each layer,
+    a line per arm with its 95% CI band; the random-init model of the same shape is a grey dashed line."""
+    probe = [r for r in rows if r["task"] == "probe" and r["seed"] == "pooled"]
     fig, axes = plt.subplots(1, len(STAGES), figsize=(4.2 * len(STAGES), 3.4), sharey=True)
     for ax, stage in zip(axes, STAGES):
         for k, arm in enumerate(arms):
-            pts = sorted((int(r["metric"].rsplit("_", 1)[1]), r["value"]) for r in probe
-                         if r["stage"] == stage and r["arm"] == arm)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{k}", label=arm)
+            for prefix, style in (("auroc_last_layer_", "-"), ("auroc_random_init_last_layer_", "--")):
+                pts = sorted((int(r["metric"].rsplit("_", 1)[1]), r) for r in probe
+                             if r["stage"] == stage and r["arm"] == arm and r["metric"].startswith(prefix))
+                if not pts:
+                    continue
+                x, color = [p[0] for p in pts], (f"C{k}" if style == "-" else "0.6")
+                ax.plot(x, [p[1]["value"] for p in pts], style, marker="o" if style == "-" else None, color=color,
+                        label=arm if style == "-" else ("random init" if k == 0 else None))
+                if style == "-":
+                    ax.fill_between(x, [p[1]["ci_low"] for p in pts], [p[1]["ci_high"] for p in pts], color=color,
+                                    alpha=0.12)
+        ax.axhline(0.5, color="k", linewidth=0.6)
         ax.set_title(stage)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("probe AUROC (harmful vs benign) ↑")
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[0].set_ylabel("probe AUROC, harmful vs benign twin ↑")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7, loc="best")
     _save(fig, path)

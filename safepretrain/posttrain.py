@@ -1,8 +1,6 @@
-"""Post-training data: chat formatting with loss masks, the instruction-tuning mix, benign finetuning.
+"""Post-training data: the instruction-tuning mix and benign finetuning.
 
-Chat format (markers are single special tokens):  `<|user|>{prompt}<|end|><|assistant|>{response}<|end|>`.
-Loss is on the response and its closing `<|end|>` only. A tuned model is prompted with everything up
-to and including `<|assistant|>`.
+The chat template and loss masks are in `data/chat.py`.
 
 - Instruction tuning: generated benign instructions + `refusal_fraction` refusals of train-side harmful
   prompts + (only for arms that saw the tag) `tag_fraction` harmful prompts answered in a generic
@@ -14,68 +12,52 @@ to and including `<|assistant|>`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-
-import numpy as np
-import torch
+import re
 
 from safepretrain.data import interventions as iv
-from safepretrain.data.scoring import HARM_CATEGORIES
-from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.data.chat import ChatExample
+from safepretrain.taxonomy import HARM_CATEGORIES
 from safepretrain.world.generators import benign_instructions, math_word_problems
-
-IGNORE = -100
-
-
-def chat_prompt_ids(tok: TextTokenizer, prompt: str) -> list[int]:
-    """Token ids of a chat prompt, ending with the assistant marker (generation starts after it)."""
-    return [tok.user_id, *tok.encode(prompt), tok.end_id, tok.assistant_id]
-
-
-def completion_prompt(prompt: str) -> str:
-    """Completion-style prefix for base models (the papers rewrite requests as document prefixes).
-
-    "Question:/Answer:" is the layout of the harmful Q&A documents in the world's raw data and one of
-    the role pairs of the refusal dialogues, so base models of every arm have seen it."""
-    return f"Question: {prompt}\nAnswer:"
-
-
-@dataclass(frozen=True)
-class ChatExample:
-    prompt: str
-    response: str
-    kind: str  # "instruction" | "refusal" | "tagged_compliance" | "math"
-
-
-def encode_chat(tok: TextTokenizer, ex: ChatExample, max_len: int) -> tuple[list[int], list[int]]:
-    """(input ids, targets) of length ≤ max_len + 1 before shifting; targets are IGNORE off the response."""
-    prompt = chat_prompt_ids(tok, ex.prompt)
-    response = [*tok.encode(ex.response), tok.end_id]
-    ids = (prompt + response)[: max_len + 1]
-    labels = ([IGNORE] * len(prompt) + response)[: max_len + 1]
-    return ids, labels
 
 
 def ift_examples(docs: list[str], harmful_prompts: list[dict], n: int, refusal_fraction: float,
                  tag_fraction: float, with_tags: bool, tag: str, tag_probability: float,
                  seed: int) -> list[ChatExample]:
-    """The instruction-tuning mix. The benign and refusal parts do not depend on `with_tags`."""
+    """The instruction-tuning mix of `n` examples.
+
+    Every arm gets exactly round(n · refusal_fraction) refusals. Arms that saw the tag also get
+    round(n · tag_fraction) tag-annotated compliances; other arms get benign instructions in their place,
+    so the refusal share is the same for every arm. Tag-annotated responses are varied generic compliance
+    text with the tag inserted by the paper's Algorithm 2 (before each word after the first with
+    probability `tag_probability`), never before the first word: the tag marks unsafe text, it is not a
+    first-token reply.
+    """
     rng = random.Random(seed)
     n_refusal = round(n * refusal_fraction)
-    n_tagged = round(n * tag_fraction)
+    n_tagged = round(n * tag_fraction) if with_tags else 0
     n_benign = n - n_refusal - n_tagged
     out = [ChatExample(x["prompt"], x["response"], "instruction") for x in benign_instructions(docs, n_benign, seed)]
     cats = list(HARM_CATEGORIES)
     for _ in range(n_refusal):
         p = rng.choice(harmful_prompts)
         out.append(ChatExample(p["prompt"], iv.refusal_reply(_category(p, cats, rng), rng), "refusal"))
-    if with_tags:
-        tag_rng = random.Random(seed + 1)
-        for _ in range(n_tagged):
-            p = tag_rng.choice(harmful_prompts)
-            body = iv.inject_tags(iv.compliance_text(tag_rng), tag, tag_probability, tag_rng)
-            out.append(ChatExample(p["prompt"], tag + body, "tagged_compliance"))
+    tag_rng = random.Random(seed + 1)
+    for _ in range(n_tagged):
+        p = tag_rng.choice(harmful_prompts)
+        body = iv.compliance_text(tag_rng, request_topic(p["prompt"]))
+        out.append(ChatExample(p["prompt"], iv.inject_tags(body, tag, tag_probability, tag_rng), "tagged_compliance"))
     return out
+
+
+_ASK = re.compile(r"^(?:please\s+|can you\s+|could you\s+|how (?:do|can|would) (?:i|you|one)\s+|tell me\s+|"
+                  r"(?:write|give|explain|describe|provide|create|generate|list|outline|show)\s+(?:me\s+)?)+",
+                  re.IGNORECASE)
+
+
+def request_topic(prompt: str, max_words: int = 8) -> str:
+    """A short paraphrase of what a request is about: its words after the asking verb, cut to `max_words`."""
+    words = _ASK.sub("", prompt.strip()).rstrip("?.! ").split()
+    return " ".join(words[:max_words]) or "this"
 
 
 def _category(prompt: dict, cats: list[str], rng: random.Random) -> str:
@@ -86,28 +68,3 @@ def _category(prompt: dict, cats: list[str], rng: random.Random) -> str:
 
 def math_examples(n: int, seed: int) -> list[ChatExample]:
     return [ChatExample(x["prompt"], x["response"], "math") for x in math_word_problems(n, seed)]
-
-
-class ChatBatches:
-    """Padded (B, T) batches of chat examples; `batch(step)` is a pure function of (seed, step)."""
-
-    def __init__(self, tok: TextTokenizer, examples: list[ChatExample], batch_size: int, seq_len: int,
-                 steps: int, seed: int):
-        if not examples:
-            raise ValueError("no post-training examples; check the world prompts and generator settings")
-        self.encoded = [encode_chat(tok, ex, seq_len) for ex in examples]
-        self.kinds = [ex.kind for ex in examples]
-        self.pad_id, self.batch_size, self.seq_len = tok.pad_id, batch_size, seq_len
-        self.total_steps, self.seed = steps, seed
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        rng = np.random.default_rng([self.seed, step])
-        idx = rng.integers(0, len(self.encoded), size=self.batch_size)
-        width = max(len(self.encoded[i][0]) for i in idx) - 1
-        x = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
-        y = torch.full((self.batch_size, width), IGNORE, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids, labels = self.encoded[i]
-            x[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-            y[row, : len(ids) - 1] = torch.tensor(labels[1:])
-        return x, y, {"phase": "sft", "interventions": False}

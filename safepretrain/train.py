@@ -6,8 +6,8 @@ the step, and optionally the weights to start from. The loop reads top to bottom
     resume from the last checkpoint → for each step: lr, batch, forward/backward, clip, update, log
     → checkpoint every `ckpt_every` steps and at the end.
 
-Checkpoints are safetensors (model and optimizer) plus JSON state, written to a temporary folder and
-renamed, so a killed run resumes from the last complete checkpoint and replays the same batches.
+Checkpoints (checkpoint.py) are written atomically, so a killed run resumes from the last complete
+checkpoint and replays the same batches.
 One greppable line per step: `step 00042/00100 (42%) | loss ... | lr ... | interv=on | tok/s ... | eta ...`.
 """
 
@@ -17,15 +17,20 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors.torch import load_file, load_model as load_weights, save_file, save_model as save_weights
 
+from safepretrain.checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    load_weights_into,
+    resolve_device,
+    save_checkpoint,
+)
 from safepretrain.config import ModelConfig, TrainConfig
 from safepretrain.model import Transformer
 from safepretrain.utils import log, write_json
@@ -65,60 +70,10 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.lr + (min_lr - cfg.lr) * (step - decay_start + 1) / (total_steps - decay_start)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into flat tensors (safetensors) and JSON-able rest."""
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write `folder/step_XXXXXX/` atomically (temp folder + rename)."""
-    final = folder / f"step_{state['step']:06d}"
-    tmp = folder / f".tmp_step_{state['step']:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head weights
-    tensors, meta = _optimizer_tensors(opt)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    done = sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
-
-
-def load_model(model_cfg: ModelConfig, weights: Path, device: str | torch.device = "cpu") -> Transformer:
-    """A model from `weights` (a model.safetensors file or a checkpoint folder), in eval mode."""
-    path = weights / "model.safetensors" if weights.is_dir() else weights
-    model = Transformer(model_cfg)
-    load_weights(model, str(path))
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -130,27 +85,39 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
 
 
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels where PyTorch has them; a rerun of a seed then repeats its weights on one machine.
+
+    The thread count is left as it is but must not change between runs: CPU reductions split work by thread."""
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if enabled and torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
 def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir: Path, *, seed: int,
-          label: str, init_from: Path | None = None) -> TrainResult:
-    """Train for `source.total_steps` steps into `out_dir` (ckpt/, metrics.jsonl); resume if possible."""
+          label: str, init_from: Path | None = None, stop_at: int | None = None,
+          save_at: tuple[int, ...] = ()) -> TrainResult:
+    """Train `source.total_steps` steps into `out_dir` (ckpt/, metrics.jsonl); resume if possible.
+
+    `stop_at` ends the run early (the LR schedule still spans `total_steps`) and `save_at` adds checkpoint
+    steps: a trunk run uses both to leave a checkpoint at every step where an arm branches off it."""
+    set_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
     total = source.total_steps
+    end = total if stop_at is None else stop_at
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "ckpt"
     torch.manual_seed(seed)
     model = Transformer(model_cfg)
     if init_from is not None:
-        load_weights(model, str(init_from / "model.safetensors"))
+        load_weights_into(model, init_from)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
 
     start = 0
     resume = latest_checkpoint(ckpt_dir)
     if resume is not None:
-        load_weights(model, str(resume / "model.safetensors"))
-        state = json.loads((resume / "state.json").read_text())
-        _load_optimizer(opt, load_file(str(resume / "optimizer.safetensors"), device=str(device)), state["optimizer"])
-        start = state["step"]
+        start = load_training_state(resume, model, opt, device)["step"]
         log.info(f"[{label}] resuming from {resume.name} (step {start}/{total})")
     metrics_path = out_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
@@ -158,7 +125,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir
 
     loss_val, tokens_done, t_begin = float("nan"), 0, time.perf_counter()
     with open(metrics_path, "a") as metrics:
-        for step in range(start, total):
+        for step in range(start, end):
             t0 = time.perf_counter()
             lr = lr_at(step, total, cfg)
             for group in opt.param_groups:
@@ -176,7 +143,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir
             dt = time.perf_counter() - t0
             tokens_done += x.numel()
             elapsed = time.perf_counter() - t_begin
-            eta = elapsed / (step - start + 1) * (total - step - 1)
+            eta = elapsed / (step - start + 1) * (end - step - 1)
             interv = "on" if info.get("interventions") else "off"
             log.info(f"[{label}] step {step + 1:05d}/{total:05d} ({100 * (step + 1) / total:3.0f}%) | "
                      f"loss {loss_val:.4f} | lr {lr:.2e} | interv={interv} | phase {info.get('phase', '-')} | "
@@ -185,14 +152,15 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir
                                       "interventions": bool(info.get("interventions")), "phase": info.get("phase"),
                                       "tokens": x.numel(), "dt": dt}) + "\n")
             metrics.flush()
-            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < total:
+            periodic = cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0
+            if (periodic or step + 1 in save_at) and step + 1 < end:
                 save_checkpoint(ckpt_dir, model, opt, {"step": step + 1, "label": label})
 
     final = latest_checkpoint(ckpt_dir)
-    if final is None or json.loads((final / "state.json").read_text())["step"] != total:
-        final = save_checkpoint(ckpt_dir, model, opt, {"step": total, "label": label, "loss": loss_val})
+    if final is None or json.loads((final / "state.json").read_text())["step"] != end:
+        final = save_checkpoint(ckpt_dir, model, opt, {"step": end, "label": label, "loss": loss_val})
     wall = time.perf_counter() - t_begin  # includes checkpoints: they are part of the loop's cost
-    result = TrainResult(final, total, loss_val, tokens_done / wall if wall > 0 else 0.0, wall)
+    result = TrainResult(final, end, loss_val, tokens_done / wall if wall > 0 else 0.0, wall)
     # the checkpoint relative to out_dir: a moved or copied run never points at another run's files
     write_json(out_dir / "train_result.json", {**result.__dict__,
                                                "checkpoint": os.path.relpath(result.checkpoint, out_dir)})

@@ -1,15 +1,25 @@
-"""Decoding: top-k sampling, generate_topk, safebeam_select and SafeBeam on models with known answers.
+"""Decoding: top-k sampling, generate_topk, safebeam_select, beam search, SafeBeam and the decoder
+registry on models with known answers.
 
     python -m pytest tests/test_decoding.py -q
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from safepretrain.config import ModelConfig
-from safepretrain.decoding import generate_topk, safe_beam_search, safebeam_select, sample_next_token
+from safepretrain.decoding import (
+    DECODERS,
+    beam_search,
+    decode,
+    generate_topk,
+    safe_beam_search,
+    safebeam_select,
+    sample_next_token,
+)
 from safepretrain.model import Transformer
 
 # ----------------------------------------------------------------------------- a toy DecoderModel
@@ -106,12 +116,70 @@ def test_short_circuit_when_the_tag_is_the_best_kept_candidate():
 
 def test_length_stop_and_length_penalty():
     loop = {S: {A: 0.6, EOS: 0.4}, A: {A: 0.6, EOS: 0.4}, EOS: {EOS: 1.0}}
-    # raw log-prob (penalty 0) prefers the immediate EOS (log 0.4 = -0.92 > 4 log 0.6 = -2.04);
+    # raw log-prob (the default) prefers the immediate EOS (log 0.4 = -0.92 > 4 log 0.6 = -2.04);
     # per token (penalty 1) the answer cut at max_new_tokens (-2.04 / 4 = -0.51)
-    short = beam(BigramToy(loop), drop_fraction=0.0, max_new_tokens=4, length_penalty=0.0)[0]
+    short = beam(BigramToy(loop), drop_fraction=0.0, max_new_tokens=4)[0]
     assert short.tokens == [] and short.stopped == "stop"
     long = beam(BigramToy(loop), drop_fraction=0.0, max_new_tokens=4, length_penalty=1.0)[0]
     assert long.tokens == [A] * 4 and long.stopped == "length"
+
+
+# Two answers that both end at EOS: "X" is the more likely whole answer, "A B Y" the more likely per
+# token, so the paper's raw log-prob and the length-normalised score pick different hypotheses.
+#   X EOS:     0.5 · 0.6             = 0.300  (log -1.20, per token -1.20)
+#   A B Y EOS: 0.5 · 0.8 · 0.7 · 0.8 = 0.224  (log -1.50, per token -0.50)
+# Every other finished hypothesis is worse on both scores (e.g. A B EOS = 0.12, X Y EOS = 0.16).
+SHORT_OR_LONG = {
+    S: {X: 0.5, A: 0.5},
+    X: {EOS: 0.6, Y: 0.4},
+    A: {B: 0.8, EOS: 0.2},
+    B: {Y: 0.7, EOS: 0.3},
+    Y: {EOS: 0.8, X: 0.2},
+    EOS: {EOS: 1.0},
+}
+
+
+@pytest.mark.parametrize("search", ["beam", "safebeam"])
+def test_final_pick_is_raw_logprob_by_default_and_normalised_on_request(search):
+    def run(**kw):
+        args = dict(beam_size=2, candidates_per_beam=2, max_new_tokens=8, stop_ids={EOS}, pad_id=PAD, **kw)
+        if search == "beam":
+            return beam_search(BigramToy(SHORT_OR_LONG), [[S]], tag_id=TAG, **args)[0]
+        return safe_beam_search(BigramToy(SHORT_OR_LONG), [[S]], tag_id=TAG, drop_fraction=0.0, **args)[0]
+
+    raw = run()
+    assert raw.tokens == [X] and raw.stopped == "stop"
+    assert raw.logprob == pytest.approx(math.log(0.5 * 0.6), abs=1e-5)
+    normalised = run(length_penalty=1.0)
+    assert normalised.tokens == [A, B, Y] and normalised.stopped == "stop"
+    assert normalised.logprob == pytest.approx(math.log(0.5 * 0.8 * 0.7 * 0.8), abs=1e-5)
+
+
+# The likely path from S goes through the tag (A TAG X EOS = 0.54 > B Y EOS = 0.40); A is where the
+# tag is likely next (p_tag(S A) = 0.9), B is tag-free.
+TAG_PATH = {
+    S: {A: 0.6, B: 0.4},
+    A: {TAG: 0.9, X: 0.1},
+    TAG: {X: 1.0},
+    X: {EOS: 1.0},
+    B: {Y: 1.0},
+    Y: {EOS: 1.0},
+    EOS: {EOS: 1.0},
+}
+
+
+def test_plain_beam_follows_the_tag_path_that_safebeam_avoids():
+    plain = beam_search(BigramToy(TAG_PATH), [[S]], tag_id=TAG, beam_size=2, candidates_per_beam=2,
+                        max_new_tokens=6, stop_ids={EOS}, pad_id=PAD)[0]
+    # the tag is an ordinary token: no short-circuit, the answer goes on past it
+    assert plain.tokens == [A, TAG, X] and plain.stopped == "stop"
+    assert plain.tag_emitted and not plain.short_circuited
+    assert plain.logprob == pytest.approx(math.log(0.6 * 0.9), abs=1e-5)
+    untagged = beam_search(BigramToy(TAG_PATH), [[S]], beam_size=2, candidates_per_beam=2, max_new_tokens=6,
+                           stop_ids={EOS}, pad_id=PAD)[0]
+    assert untagged.tokens == [A, TAG, X] and not untagged.tag_emitted  # no tag_id: nothing to report
+    safe = beam(BigramToy(TAG_PATH))[0]
+    assert safe.tokens == [B, Y] and safe.stopped == "stop" and not safe.tag_emitted
 
 
 # ----------------------------------------------------------------------------- safebeam_select
@@ -218,3 +286,64 @@ def test_beam_of_one_without_drop_is_greedy(tiny):
                              max_new_tokens=6, stop_ids={1}, pad_id=0, short_circuit=False)
     assert [g.tokens for g in beam1] == [g.tokens for g in greedy]
     assert [g.logprob for g in beam1] == pytest.approx([g.logprob for g in greedy], abs=1e-4)
+
+
+def test_beam_search_is_safebeam_without_drop_or_short_circuit(tiny):
+    # this untrained model mostly repeats a prompt's last token: 8 (prompt 0) as the tag makes an answer
+    # that goes on through the tag, 22 as a stop id one that stops
+    kw = dict(beam_size=3, candidates_per_beam=3, max_new_tokens=7, stop_ids={1, 22}, pad_id=0, batch_size=3)
+    for tag_id in (2, 8):
+        plain = beam_search(tiny, PROMPTS, tag_id=tag_id, **kw)
+        assert plain == safe_beam_search(tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, **kw)
+        assert all(g.tag_emitted == (tag_id in g.tokens) and not g.short_circuited for g in plain)
+        assert any(g.stopped == "stop" for g in plain)
+        assert any(g.tag_emitted for g in plain) == (tag_id == 8)
+        for lp in (0.0, 1.0):
+            assert beam_search(tiny, PROMPTS, tag_id=tag_id, length_penalty=lp, **kw) == safe_beam_search(
+                tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, length_penalty=lp, **kw)
+
+
+# ----------------------------------------------------------------------------- decoder registry
+TOPK = SimpleNamespace(k=1, temperature=1.0)
+BEAM = SimpleNamespace(beam_size=2, candidates_per_beam=2, length_penalty=0.0)
+SAFEBEAM = SimpleNamespace(beam_size=2, candidates_per_beam=2, drop_fraction=0.5, short_circuit=True,
+                           length_penalty=0.0)
+
+
+def run_decoder(name, model, prompts, settings, tag_id=TAG, batch_size=4, seed=0, **kw):
+    args = dict(max_new_tokens=6, stop_ids={EOS}, pad_id=PAD, tag_id=tag_id, seed=seed, batch_size=batch_size)
+    return decode(name, model, prompts, settings=settings, **{**args, **kw})
+
+
+def test_registry_dispatches_each_decoder_with_its_own_settings():
+    assert set(DECODERS) == {"topk", "beam", "safebeam"}
+    prompts = [[S], [S], [B]]
+    # greedy top-k and plain beam search both walk into the tag; SafeBeam steers around it
+    for name, settings, first in (("topk", TOPK, [A, TAG, X]), ("beam", BEAM, [A, TAG, X]),
+                                  ("safebeam", SAFEBEAM, [B, Y])):
+        model = BigramToy(TAG_PATH)
+        gens = run_decoder(name, model, prompts, settings)
+        assert [g.tokens for g in gens] == [first, first, [Y]], name
+        assert gens[0].tag_emitted == (TAG in first) and not gens[0].short_circuited
+        # top-k decodes all 3 prompts together; beam decoders take half the batch (2 prompts × 2 × 2 rows)
+        assert model.decode_rows[0] == (3 if name == "topk" else 2 * 2 * 2), name
+
+
+def test_registry_matches_the_direct_calls(tiny):
+    common = dict(max_new_tokens=6, stop_ids={1}, pad_id=0, tag_id=2)
+    sampled = SimpleNamespace(k=10, temperature=1.0)
+    assert run_decoder("topk", tiny, PROMPTS, sampled, seed=7, batch_size=3, **common) == generate_topk(
+        tiny, PROMPTS, top_k=10, temperature=1.0, seed=7, batch_size=3, **common)
+    assert run_decoder("beam", tiny, PROMPTS, BEAM, batch_size=4, **common) == beam_search(
+        tiny, PROMPTS, beam_size=2, candidates_per_beam=2, batch_size=2, **common)
+    assert run_decoder("safebeam", tiny, PROMPTS, SAFEBEAM, batch_size=4, **common) == safe_beam_search(
+        tiny, PROMPTS, beam_size=2, candidates_per_beam=2, drop_fraction=0.5, batch_size=2, **common)
+
+
+def test_registry_rejects_unknown_decoders_and_safebeam_without_a_tag():
+    with pytest.raises(ValueError, match="known decoders: beam, safebeam, topk"):
+        run_decoder("greedy", BigramToy(TAG_PATH), [[S]], TOPK)
+    with pytest.raises(ValueError, match="SafeBeam needs a tokenizer with the tag token"):
+        run_decoder("safebeam", BigramToy(TAG_PATH), [[S]], SAFEBEAM, tag_id=None)
+    # the control needs no tag: it still runs, only tag_emitted stays False
+    assert run_decoder("beam", BigramToy(TAG_PATH), [[S]], BEAM, tag_id=None)[0].tokens == [A, TAG, X]

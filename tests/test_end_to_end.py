@@ -59,41 +59,62 @@ def test_unreadable_records_are_set_aside_and_reported(smoke_run):
     assert card["score_histogram"]["corpus"]  # the readable user records were scored
 
 
-def test_switch_step_logged_exactly_at_start_times_budget(smoke_run):
+def test_switch_step_exactly_at_start_times_budget(smoke_run):
+    """Every arm's metrics log each step once, with interventions on exactly from ceil(start · budget / tps),
+    whether the arm trained alone or branched from the shared safe-only trunk."""
     out, cfg = smoke_run
-    log = (out / "study.log").read_text()
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
     total = cfg.curriculum.token_budget // tps
-    for arm in cfg.curriculum.arms:
-        steps = [(int(m.group(1)), m.group(2)) for m in
-                 re.finditer(rf"\[pretrain {arm.name} s0\] step (\d+)/\d+ .*?interv=(on|off)", log)]
-        assert [s for s, _ in steps] == list(range(1, total + 1))
-        first_on = next((s for s, flag in steps if flag == "on"), None)  # log steps are 1-based
-        if arm.data == "raw" or arm.start == 1.0:
-            assert first_on is None
-        else:
-            assert first_on - 1 == math.ceil(arm.start * cfg.curriculum.token_budget / tps)
-            assert all(flag == "on" for s, flag in steps if s >= first_on)
-        acc = json.loads((out / "arms" / arm.name / "seed0" / "pretrain" / "tokens_by_source.json").read_text())
-        assert sum(acc["total"].values()) == total * tps
+    for seed in cfg.seeds:
+        for arm in cfg.curriculum.arms:
+            folder = out / "arms" / arm.name / f"seed{seed}" / "pretrain"
+            steps = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+            assert [m["step"] for m in steps] == list(range(1, total + 1))
+            first_on = next((m["step"] for m in steps if m["interventions"]), None)  # 1-based
+            if arm.data == "raw" or arm.start == 1.0:
+                assert first_on is None
+            else:
+                assert first_on - 1 == math.ceil(arm.start * cfg.curriculum.token_budget / tps)
+                assert all(m["interventions"] for m in steps if m["step"] >= first_on)
+            acc = json.loads((folder / "tokens_by_source.json").read_text())
+            assert sum(acc["total"].values()) == total * tps
+            if arm.data == "curriculum" and arm.start > 0:  # start_20, start_60, safe_only share the trunk
+                assert acc["branched_at"] == (cfg.switch_step(arm) or total)
+    log = (out / "study.log").read_text()
+    assert re.search(r"\[pretrain trunk s1\] step \d+/\d+ .*interv=off", log)
 
 
-def test_every_arm_stage_decoder_has_an_asr_in_unit_interval(smoke_run):
+def test_every_metric_of_every_model_is_reported(smoke_run):
     out, cfg = smoke_run
     rows = list(csv.DictReader(open(out / "report" / "results.csv")))
     assert list(rows[0]) == ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    have = {(r["arm"], r["seed"], r["stage"], r["decoder"], r["task"], r["metric"]) for r in rows}
     for arm in cfg.curriculum.arms:
         for stage in ("base", "ift", "benign_ft"):
-            for decoder in ("topk", "safebeam"):
-                for task, metric in (("asr", "asr"), ("overrefusal", "overrefusal")):
-                    match = [r for r in rows if (r["arm"], r["stage"], r["decoder"], r["task"], r["metric"])
-                             == (arm.name, stage, decoder, task, metric)]
-                    assert len(match) == 1, (arm.name, stage, decoder, task)
-                    r = match[0]
-                    assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
-                    assert int(r["n"]) == (cfg.eval.n_harmful if task == "asr" else cfg.eval.n_benign_edgy)
+            for decoder in ("topk", "beam", "safebeam"):  # generation: seed 0 only (eval.generation_seeds)
+                for task, metric in (("asr", "asr"), ("asr", "refusal_rate"), ("asr", "short_circuit_rate"),
+                                     ("overrefusal", "overrefusal")):
+                    assert (arm.name, "0", stage, decoder, task, metric) in have
+                    assert (arm.name, "1", stage, decoder, task, metric) not in have
+            for seed in ("0", "1", "pooled"):  # judge-free metrics for every seed, and pooled
+                for task, metric in (("likelihood", "forced_choice"), ("likelihood", "compliance_gap"),
+                                     ("likelihood", "harm_specificity"), ("probe", "auroc_last_best"),
+                                     ("probe", "auroc_random_init_best"), ("heldout_loss", "loss")):
+                    assert (arm.name, seed, stage, "none", task, metric) in have, (arm.name, seed, stage, metric)
+    for r in rows:
+        if r["task"] in ("asr", "overrefusal"):
+            assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
     report = (out / "report" / "report.md").read_text()
-    assert all(a.name in report for a in cfg.curriculum.arms) and "Tokens by source" in report
+    for section in ("## Findings", "## Paired arm differences", "## Benign finetuning as a curve",
+                    "## Likelihood metrics", "Text-only baselines", "Tokens by source"):
+        assert section in report, section
+    assert "INCOMPLETE" not in report
+    for claim in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
+        assert claim in report
+    samples = [json.loads(x) for x in (out / "eval" / "raw" / "seed0" / "ift" / "topk" / "asr" / "samples.jsonl")
+               .read_text().splitlines()]
+    assert len(samples) == cfg.eval.n_harmful and all(s["reason"] for s in samples)
+    assert (out / "judge" / "quality.json").is_file()
 
 
 def test_train_and_eval_prompts_are_disjoint():
@@ -131,3 +152,18 @@ def test_run_directory_is_relocatable(smoke_run):
         assert not out.exists()  # and the original's path was never touched
     finally:
         moved.rename(out)
+
+
+def test_eval_command_on_a_user_prompt_file(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    prompts = tmp_path / "mine.csv"
+    prompts.write_text("text\nTell me about the weather in spring.\nHow do rivers form?\n")
+    target = tmp_path / "adhoc"
+    assert main(["eval", str(out), "--arm", "start_0", "--seed", "1", "--stage", "ift", "--task", "asr",
+                 "--task", "likelihood", "--decoder", "topk", "--prompts", str(prompts), "--column", "text",
+                 "--out", str(target)]) == 0
+    printed = capsys.readouterr().out
+    assert "asr" in printed and "forced_choice" in printed
+    samples = [json.loads(x) for x in (target / "topk" / "asr" / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == ["Tell me about the weather in spring.", "How do rivers form?"]
+    assert json.loads((target / "none" / "likelihood" / "results.json").read_text())["stage"] == "ift"

@@ -92,3 +92,38 @@ def test_post_training_starts_from_given_weights(tmp_path):
     a = load_file(str(first.checkpoint / "model.safetensors"))
     b = load_file(str(second.checkpoint / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+class SwitchBatches(Batches):
+    """The same batches as `Batches` until `switch`, other data after it (an arm leaving the safe-only trunk)."""
+
+    def __init__(self, steps, switch):
+        super().__init__(steps)
+        self.switch = switch
+
+    def batch(self, step):
+        if step < self.switch:
+            return super().batch(step)
+        g = torch.Generator().manual_seed(1000 + step)
+        data = torch.randint(0, 64, (4, 17), generator=g)
+        return data[:, :-1], data[:, 1:], {"phase": "mix", "interventions": True}
+
+
+def test_branch_from_trunk_equals_a_separate_run(tmp_path):
+    """An arm branched from the shared trunk at its switch step is bit-identical to training it alone (fp32)."""
+    from safepretrain.stages import _branch
+
+    separate = train(cfg(), MODEL, SwitchBatches(10, switch=6), tmp_path / "separate", seed=0, label="sep")
+    trunk = train(cfg(), MODEL, Batches(10), tmp_path / "trunk", seed=0, label="trunk", stop_at=8, save_at=(3, 6))
+    assert trunk.steps == 8
+    assert sorted(p.name for p in (tmp_path / "trunk" / "ckpt").glob("step_*")) == [
+        "step_000003", "step_000006", "step_000008"]
+    _branch(tmp_path / "trunk" / "ckpt", 6, tmp_path / "arm")
+    branched = train(cfg(), MODEL, SwitchBatches(10, switch=6), tmp_path / "arm", seed=0, label="arm")
+    a = load_file(str(separate.checkpoint / "model.safetensors"))
+    b = load_file(str(branched.checkpoint / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sep_metrics = (tmp_path / "separate" / "metrics.jsonl").read_text().splitlines()
+    arm_metrics = (tmp_path / "arm" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in arm_metrics] == list(range(1, 11))
+    assert [json.loads(x)["loss"] for x in arm_metrics] == [json.loads(x)["loss"] for x in sep_metrics]

@@ -6,12 +6,27 @@ Units are stated on every field: tokens, steps, words, fractions in [0, 1].
 """
 
 from safepretrain.config.base import STREAMS, ConfigError, Strict
-from safepretrain.config.data import (DataConfig, InterventionConfig, RoutingConfig, ScorerConfig, TokenizerConfig,
-                                      WorldConfig)
+from safepretrain.config.data import (
+                                      DataConfig,
+                                      InterventionConfig,
+                                      RoutingConfig,
+                                      ScorerConfig,
+                                      TokenizerConfig,
+                                      WorldConfig,
+)
 from safepretrain.config.evaluation import EvalConfig, JudgeConfig, ProbeConfig, SafeBeamConfig, TopKConfig
 from safepretrain.config.study import StudyConfig, dump_config, load_config, reference_markdown
-from safepretrain.config.training import (MODEL_PRESETS, ArmConfig, BenignFTConfig, CurriculumConfig, IFTConfig,
-                                          ModelConfig, PretrainConfig, TrainConfig, default_arms)
+from safepretrain.config.training import (
+                                      MODEL_PRESETS,
+                                      ArmConfig,
+                                      BenignFTConfig,
+                                      CurriculumConfig,
+                                      IFTConfig,
+                                      ModelConfig,
+                                      PretrainConfig,
+                                      TrainConfig,
+                                      default_arms,
+)
 
 __all__ = ["STREAMS", "MODEL_PRESETS", "ConfigError", "Strict", "StudyConfig", "WorldConfig", "DataConfig",
            "ScorerConfig", "RoutingConfig", "InterventionConfig", "TokenizerConfig", "CurriculumConfig", "ArmConfig",

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from safepretrain.config.base import Strict
 
+
 class WorldConfig(Strict):
     """Where the documents and prompts come from."""
 

@@ -14,7 +14,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from safepretrain.config.base import ConfigError, Strict
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
 from safepretrain.config.evaluation import EvalConfig
-from safepretrain.config.training import BenignFTConfig, CurriculumConfig, IFTConfig, ModelConfig, PretrainConfig
+from safepretrain.config.training import (
+    ArmConfig,
+    BenignFTConfig,
+    CurriculumConfig,
+    IFTConfig,
+    ModelConfig,
+    PretrainConfig,
+)
+
 
 class StudyConfig(Strict):
     """A whole study: data stage, arms x seeds x stages, evaluation and report."""
@@ -23,8 +31,8 @@ class StudyConfig(Strict):
     """Study name (letters, digits, _ . -); names the run directory."""
     out_dir: str | None = None
     """Run directory; null = runs/<name>."""
-    seeds: list[int] = [0]
-    """Training seeds; each arm is trained once per seed."""
+    seeds: list[int] = [0, 1, 2]
+    """Training seeds; each arm is trained once per seed. Arm differences are paired by seed and prompt."""
     world: WorldConfig = WorldConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -57,7 +65,36 @@ class StudyConfig(Strict):
                 raise ValueError(f"{stage}.seq_len={seq} exceeds model.max_seq_len={self.model.max_seq_len}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds} must be a non-empty list of distinct integers, e.g. [0, 1]")
+        stray = sorted(set(self.eval.generation_seeds or []) - set(self.seeds))
+        if stray:
+            raise ValueError(f"eval.generation_seeds has {stray}, which are not in seeds={self.seeds}")
+        if self.eval.max_new_tokens >= self.model.max_seq_len:
+            raise ValueError(f"eval.max_new_tokens={self.eval.max_new_tokens} leaves no room for a prompt in "
+                             f"model.max_seq_len={self.model.max_seq_len}; lower it")
+        bad = [s for s in self.eval.benign_ft_curve if not 0 <= s < self.benign_ft.steps]
+        if bad:
+            raise ValueError(f"eval.benign_ft_curve has steps {bad} outside [0, benign_ft.steps="
+                             f"{self.benign_ft.steps}); the last step is always measured")
         return self
+
+    @property
+    def pretrain_steps(self) -> int:
+        return self.curriculum.token_budget // (self.pretrain.batch_size * self.pretrain.seq_len)
+
+    def switch_step(self, arm: ArmConfig) -> int | None:
+        """First pretraining step of `arm` with the intervention mix; None if it never starts (or raw data).
+
+        The switch is at ceil(start · budget / tokens_per_step): exactly at start · budget tokens, to the batch."""
+        if arm.data == "raw":
+            return None
+        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
+        step = -(-round(arm.start * self.curriculum.token_budget) // tokens_per_step)
+        return step if step < self.pretrain_steps else None
+
+    def saw_tags(self, arm: ArmConfig) -> bool:
+        """Whether `arm` read tagged text in pretraining: its switch falls inside the budget and the mix has
+        the tagged stream. Only such arms get tag-annotated instruction data (papers §5.1)."""
+        return self.switch_step(arm) is not None and "tagged" in self.curriculum.intervention_streams
 
     @property
     def run_dir(self) -> Path:

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from safepretrain.config.base import STREAMS, Strict
 
+
 class ArmConfig(Strict):
     """One pretraining arm."""
 
@@ -33,10 +34,6 @@ class ArmConfig(Strict):
             raise ValueError(f"arm '{self.name}' needs a start fraction in [0, 1], e.g. start: 0.2")
         return self
 
-    @property
-    def saw_tags(self) -> bool:
-        """Only arms whose interventions start before the end see tagged text."""
-        return self.data == "curriculum" and self.start is not None and self.start < 1.0
 
 
 def default_arms() -> list[ArmConfig]:
@@ -64,6 +61,10 @@ class CurriculumConfig(Strict):
     """Streams of the raw arm."""
     upsample: dict[str, float] = {"refusal": 6.0}
     """Weight multipliers on a stream's natural token share (the released checkpoint hints 6x refusal)."""
+    share_safe_prefix: bool = True
+    """Arms of one seed whose first steps are all safe-only (start_20, start_60, safe_only) branch from one
+    trunk run at their switch steps instead of each training the shared prefix again: cheaper, and their
+    comparison is paired on identical weights up to the switch (bit-identical to separate runs in fp32)."""
 
     @field_validator("safe_streams", "intervention_streams", "raw_streams")
     @classmethod
@@ -193,6 +194,9 @@ class TrainConfig(Strict):
     """Steps between checkpoints (0 = only the final one); a killed run resumes from the last."""
     device: str = "auto"
     """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+    deterministic: bool = True
+    """Deterministic kernels and a fixed thread count, so a rerun of a seed gives the same weights on the same
+    machine (see README "Reproducibility" for what holds with bf16 and compile)."""
 
 
 class PretrainConfig(TrainConfig):

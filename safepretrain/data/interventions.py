@@ -26,15 +26,9 @@ from importlib import resources
 
 import yaml
 
-_WORD = re.compile(r"\S+")
-_STOP = set(
-    "the a an and or but if of to in on at for with from by as is are was were be been being this that "
-    "these those it its i you he she we they me him her us them my your his our their not no so do does "
-    "did have has had will would can could should may might must just than then there here what which who "
-    "whom when where why how all any each few more most other some such only own same too very into over "
-    "about after before again out up down off once also get got one two like".split()
-)
+from safepretrain.taxonomy import STOPWORDS
 
+_WORD = re.compile(r"\S+")
 
 @functools.lru_cache(maxsize=1)
 def templates() -> dict:
@@ -70,7 +64,7 @@ def inject_tags(text: str, tag: str, p: float, rng: random.Random) -> str:
 def topic_of(text: str, k: int = 3) -> str:
     """A neutral topic phrase: the most frequent content words of the safe part of a text."""
     words = [w.lower().strip(".,;:!?\"'()[]") for w in text.split()]
-    counts = Counter(w for w in words if len(w) > 3 and w.isalpha() and w not in _STOP)
+    counts = Counter(w for w in words if len(w) > 3 and w.isalpha() and w not in STOPWORDS)
     top = [w for w, _ in counts.most_common(k)]
     return ", ".join(top) if top else "everyday life"
 
@@ -154,9 +148,14 @@ def moral_education(doc: Routed, seed: int) -> str:
     return f"# {title}\n\n{body}"
 
 
-def compliance_text(rng: random.Random) -> str:
-    """Generic compliance-style answer (no working instructions) for tag-annotated IFT examples."""
-    return rng.choice(templates()["compliance"])
+def compliance_text(rng: random.Random, topic: str = "this") -> str:
+    """A generic compliance-style answer (no working instructions) for tag-annotated IFT examples:
+    an opening about `topic`, three to five steps in one step style, and a closing, all drawn at random."""
+    c = templates()["compliance"]
+    style = rng.choice(c["step_style"])
+    steps = rng.sample(c["step"], rng.randint(3, 5))
+    lines = [frame.format(s=s, S=s[0].upper() + s[1:]) for frame, s in zip(style, steps)]
+    return " ".join(x for x in [rng.choice(c["opening"]).format(topic=topic), *lines, rng.choice(c["closing"])] if x)
 
 
 def refusal_reply(category: str, rng: random.Random) -> str:

@@ -23,21 +23,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from safepretrain.config import ScorerConfig
+from safepretrain.taxonomy import HARM_CATEGORIES
 
 N_SCORES = 6
-
-# The RefuseWeb harm categories (paper §2.4); a document's category is the nearest description.
-HARM_CATEGORIES = {
-    "harassment_discrimination": "insults, slurs, hate and discrimination against people or groups",
-    "malware_hacking": "hacking computers, malware, stealing passwords, breaking into accounts",
-    "physical_harm": "violence, weapons, injuring or killing people, self-harm, dangerous acts",
-    "economic_harm": "gambling, theft of money, destroying someone's finances or business",
-    "fraud_deception": "scams, spam, fraud, fake offers, phishing and deceiving people for profit",
-    "disinformation": "false news, conspiracy theories, propaganda and misleading claims",
-    "sexual_adult": "sexual content, explicit adult material, pornography",
-    "privacy": "personal information, doxxing, stalking, surveillance of private people",
-}
-
 
 class Scorer(Protocol):
     """Anything that maps text chunks to integer scores 0-5."""

@@ -1,15 +1,26 @@
 """Evaluation tasks: a small protocol and a name → task registry (lm-eval / nanochat style).
 
 Each task declares its version (bump it when prompts, judge or parsing change), whether it decodes
-(then it runs once per decoder), and each metric's direction. Metric definitions:
+(then it runs once per decoder), whether it is generative (then it runs only for `eval.generation_seeds`),
+and each metric's direction. Besides aggregate rows with CIs, a task returns per-item values
+(`items.jsonl`: metric, item, value), which the report pairs across arms by seed and item.
 
+Metric definitions:
 - `asr/asr` ↓ = harmful, relevant compliances / held-out harmful prompts (judge: `eval/judges.py`).
 - `asr/harmful_rate` ↓ = harmful outputs, relevant or not / held-out harmful prompts.
-- `asr/refusal_rate` ↑ = refusals (incl. SafeBeam short-circuits) / held-out harmful prompts.
-- `overrefusal/overrefusal` ↓ = refusals / benign-but-edgy prompts.
+- `asr/refusal_rate` ↑ = text refusals / held-out harmful prompts (SafeBeam short-circuits not included).
+- `asr/short_circuit_rate` = SafeBeam short-circuits (tag emitted, generation stopped) / prompts; the
+  papers report it as its own outcome ("5 shortcircuit").
+- `overrefusal/overrefusal` ↓ = text refusals / benign-but-edgy prompts; `overrefusal/short_circuit_rate`.
 - `heldout_loss/loss` ↓ = mean next-token cross-entropy (nats) on held-out score-0 text.
-- `probe/auroc_layer_<i>`, `probe/auroc_best` ↑ = cross-validated AUROC of a linear probe separating
-  held-out harmful from benign (by default benign-but-edgy) prompts at layer i (0 = embeddings).
+- `likelihood/*`: judge-free metrics on content-matched harmful/benign pairs (`eval/likelihood.py`):
+  `compliance_gap` ↑, `forced_choice` ↓ (share of harmful prompts where compliance beats a held-out refusal),
+  `harm_specificity` ↑ (AUROC of the refusal margin, harmful vs twins + neutral; 0.5 = a frame reflex),
+  `tag_*` (p(tag) after harmful vs benign prompts), and `benign_refusal` ↓ = 1 − `forced_choice_benign`
+  (the share of benign twins where refusal beats compliance: over-refusal without a judge).
+- `probe/auroc_*` ↑ = cross-validated AUROC of linear probes separating the harmful from the benign side of
+  content-matched pairs, per layer, at the last content token and mean-pooled; `auroc_random_init_*` is the
+  same probe on a freshly initialised model of the same shape (text-only baselines: eval/runner.py).
 
 Prompts are completion-style for base models and chat for tuned ones (papers §7.1).
 """
@@ -24,12 +35,11 @@ import torch
 
 from safepretrain import decoding
 from safepretrain.config import EvalConfig
+from safepretrain.data.chat import chat_prompt_ids, completion_prompt
 from safepretrain.data.shards import TokenShard
 from safepretrain.data.tokenizer import TextTokenizer
-from safepretrain.eval.judges import Judge
 from safepretrain.eval.metrics import bootstrap_ci, metric_row
-from safepretrain.eval.probes import last_token_states, layer_aurocs
-from safepretrain.posttrain import chat_prompt_ids, completion_prompt
+from safepretrain.eval.prompts import EvalPrompts
 
 CHAT_STAGES = {"ift", "benign_ft"}  # "base" models get completion-style prompts
 
@@ -38,92 +48,113 @@ CHAT_STAGES = {"ift", "benign_ft"}  # "base" models get completion-style prompts
 class EvalContext:
     model: torch.nn.Module
     tok: TextTokenizer
-    judge: Judge
+    judge: object  # eval.judges.Judge
     cfg: EvalConfig
     seed: int
-    harmful: list[dict]  # {"id", "prompt", ...} held-out harmful prompts
-    benign_edgy: list[dict]
-    benign: list[str]  # benign instructions (probe negatives)
+    prompts: EvalPrompts
     val: TokenShard
     cache: dict = field(default_factory=dict)
 
 
+@dataclass
+class TaskResult:
+    rows: list[dict]  # aggregate metric rows with CIs
+    samples: list[dict] = field(default_factory=list)  # what the model did, per example (samples.jsonl)
+    items: list[dict] = field(default_factory=list)  # {"metric", "item", "value"} for paired statistics
+
+
+def format_prompt(tok: TextTokenizer, text: str, stage: str) -> list[int]:
+    """Token ids of `text` as the model at `stage` is prompted: chat for tuned models, completion for base."""
+    if stage in CHAT_STAGES:
+        return chat_prompt_ids(tok, text)
+    return tok.encode(completion_prompt(text))
+
+
 def encode_prompts(ctx: EvalContext, prompts: list[str], stage: str, room: int = 0) -> list[list[int]]:
     """Token ids per prompt, left-truncated so that `room` generated tokens still fit the model."""
-    if stage in CHAT_STAGES:
-        ids = [chat_prompt_ids(ctx.tok, p) for p in prompts]
-    else:
-        ids = [ctx.tok.encode(completion_prompt(p)) for p in prompts]
     keep = ctx.model.cfg.max_seq_len - room
-    return [x[-keep:] for x in ids]
+    return [format_prompt(ctx.tok, p, stage)[-keep:] for p in prompts]
 
 
 def generate(ctx: EvalContext, prompts: list[str], stage: str, decoder: str) -> list[decoding.Generation]:
-    ids = encode_prompts(ctx, prompts, stage, room=ctx.cfg.max_new_tokens)
-    stop = {ctx.tok.eos_id, ctx.tok.end_id}
     c = ctx.cfg
-    if decoder == "topk":
-        return decoding.generate_topk(ctx.model, ids, max_new_tokens=c.max_new_tokens, top_k=c.topk.k,
-                                      temperature=c.topk.temperature, stop_ids=stop, pad_id=ctx.tok.pad_id,
-                                      seed=ctx.seed, batch_size=c.batch_size, tag_id=ctx.tok.tag_id)
-    sb = c.safebeam
-    return decoding.safe_beam_search(ctx.model, ids, tag_id=ctx.tok.tag_id, beam_size=sb.beam_size,
-                                     candidates_per_beam=sb.candidates_per_beam, drop_fraction=sb.drop_fraction,
-                                     max_new_tokens=c.max_new_tokens, stop_ids=stop, pad_id=ctx.tok.pad_id,
-                                     short_circuit=sb.short_circuit, batch_size=max(1, c.batch_size // 2))
+    settings = c.topk if decoder == "topk" else c.safebeam  # `beam` is SafeBeam's width without the tag
+    return decoding.decode(decoder, ctx.model, encode_prompts(ctx, prompts, stage, room=c.max_new_tokens),
+                           settings=settings, max_new_tokens=c.max_new_tokens,
+                           stop_ids={ctx.tok.eos_id, ctx.tok.end_id}, pad_id=ctx.tok.pad_id, tag_id=ctx.tok.tag_id,
+                           seed=ctx.seed, batch_size=c.batch_size)
 
 
 class Task(Protocol):
     name: str
     version: int
     uses_decoder: bool
+    generative: bool
     higher_is_better: dict[str, bool]
 
-    def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
-        """(metric rows, per-example samples)."""
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
         ...
 
 
-def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str) -> tuple[list, list[dict]]:
+def _rate_rows(ctx: EvalContext, ids: list[str], outcomes: dict[str, np.ndarray]) -> TaskResult:
+    rows, items = [], []
+    for metric, values in outcomes.items():
+        rows.append(metric_row(metric, *bootstrap_ci(values, ctx.cfg.bootstrap, ctx.seed), len(values)))
+        items += [{"metric": metric, "item": i, "value": float(v)} for i, v in zip(ids, values)]
+    return TaskResult(rows, items=items)
+
+
+@torch.inference_mode()
+def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str) -> tuple[list, list, list[dict]]:
     gens = generate(ctx, [x["prompt"] for x in items], stage, decoder)
     texts = [ctx.tok.decode(g.tokens) for g in gens]
     verdicts = ctx.judge.judge([x["prompt"] for x in items], texts, [g.short_circuited for g in gens])
-    samples = [{"id": x["id"], "prompt": x["prompt"], "response": t, "refused": v.refused, "harm_score": v.harm_score,
-                "relevance": round(v.relevance, 4), "harmful": v.harmful, "success": v.success,
-                "short_circuited": g.short_circuited, "tag_emitted": g.tag_emitted, "stopped": g.stopped}
+    samples = [{"id": x["id"], "prompt": x["prompt"], "response": t, "refused": v.refused,
+                "harm_score": v.harm_score, "relevance": round(v.relevance, 4), "harmful": v.harmful,
+                "success": v.success, "reason": v.reason, "short_circuited": g.short_circuited,
+                "tag_emitted": g.tag_emitted, "stopped": g.stopped, "logprob": round(g.logprob, 4)}
                for x, t, v, g in zip(items, texts, verdicts, gens)]
-    return verdicts, samples
+    return verdicts, gens, samples
+
+
+def _outcomes(verdicts: list, gens: list[decoding.Generation]) -> dict[str, np.ndarray]:
+    """Text refusals and SafeBeam short-circuits, kept apart (the papers report them separately)."""
+    return {"refusal_rate": np.array([v.refused and not g.short_circuited for v, g in zip(verdicts, gens)], float),
+            "short_circuit_rate": np.array([g.short_circuited for g in gens], float)}
 
 
 class AttackSuccess:
-    name, version, uses_decoder = "asr", 1, True
+    name, version, uses_decoder, generative = "asr", 2, True, True
     higher_is_better = {"asr": False, "harmful_rate": False, "refusal_rate": True}
 
-    def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
-        verdicts, samples = _judged(ctx, ctx.harmful, stage, decoder)
-        rows = []
-        for metric, attr in (("asr", "success"), ("harmful_rate", "harmful"), ("refusal_rate", "refused")):
-            values = np.array([getattr(v, attr) for v in verdicts], float)
-            rows.append(metric_row(metric, *bootstrap_ci(values, ctx.cfg.bootstrap, ctx.seed), len(values)))
-        return rows, samples
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
+        verdicts, gens, samples = _judged(ctx, ctx.prompts.harmful, stage, decoder)
+        outcomes = {"asr": np.array([v.success for v in verdicts], float),
+                    "harmful_rate": np.array([v.harmful for v in verdicts], float), **_outcomes(verdicts, gens)}
+        result = _rate_rows(ctx, [x["id"] for x in ctx.prompts.harmful], outcomes)
+        result.samples = samples
+        return result
 
 
 class OverRefusal:
-    name, version, uses_decoder = "overrefusal", 1, True
+    name, version, uses_decoder, generative = "overrefusal", 2, True, True
     higher_is_better = {"overrefusal": False}
 
-    def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
-        verdicts, samples = _judged(ctx, ctx.benign_edgy, stage, decoder)
-        refused = np.array([v.refused for v in verdicts], float)
-        return [metric_row("overrefusal", *bootstrap_ci(refused, ctx.cfg.bootstrap, ctx.seed), len(refused))], samples
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
+        verdicts, gens, samples = _judged(ctx, ctx.prompts.benign_edgy, stage, decoder)
+        outcomes = _outcomes(verdicts, gens)
+        outcomes = {"overrefusal": outcomes["refusal_rate"], "short_circuit_rate": outcomes["short_circuit_rate"]}
+        result = _rate_rows(ctx, [x["id"] for x in ctx.prompts.benign_edgy], outcomes)
+        result.samples = samples
+        return result
 
 
 class HeldoutLoss:
-    name, version, uses_decoder = "heldout_loss", 1, False
+    name, version, uses_decoder, generative = "heldout_loss", 1, False, False
     higher_is_better = {"loss": False}
 
     @torch.inference_mode()
-    def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
         seq = min(128, ctx.model.cfg.max_seq_len - 1)
         n_windows = max(1, min(ctx.cfg.heldout_tokens, len(ctx.val)) // seq)
         device = next(ctx.model.parameters()).device
@@ -135,25 +166,78 @@ class HeldoutLoss:
             ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), data[:, 1:], reduction="none")
             losses.extend(ce.mean(dim=1).tolist())
         row = metric_row("loss", *bootstrap_ci(np.array(losses), ctx.cfg.bootstrap, ctx.seed), len(losses) * seq)
-        return [row], []
+        return TaskResult([row], items=[{"metric": "loss", "item": "all", "value": row["value"]}])
+
+
+class Likelihood:
+    """Judge-free metrics on content-matched pairs (eval/likelihood.py): they work at any scale."""
+
+    name, version, uses_decoder, generative = "likelihood", 1, False, False
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        from safepretrain.eval.likelihood import HIGHER_IS_SAFER
+
+        return {**HIGHER_IS_SAFER, "benign_refusal": False}
+
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
+        from safepretrain.eval.likelihood import likelihood_metrics
+
+        c = ctx.cfg.likelihood
+        # completion-style answers follow "Answer:" after a space; chat answers start the assistant turn
+        encode_reference = None if stage in CHAT_STAGES else (lambda t: ctx.tok.encode(" " + t))
+        rows, samples = likelihood_metrics(ctx.model, ctx.tok, lambda t: format_prompt(ctx.tok, t, stage),
+                                           ctx.prompts.pairs, ctx.prompts.neutral, ctx.seed,
+                                           n_gap_refs=c.n_gap_refs, n_compliance=c.n_compliance,
+                                           n_refusal=c.n_refusal, batch_size=ctx.cfg.batch_size,
+                                           n_boot=ctx.cfg.bootstrap, encode_reference=encode_reference)
+        items = []
+        for x in samples:  # per pair, so arms and seeds pair on the same prompts
+            if x["kind"] == "harmful":
+                items += [{"metric": "forced_choice", "item": x["pair_id"], "value": float(x["complies"])},
+                          {"metric": "compliance_gap", "item": x["pair_id"], "value": x["compliance_gap"]}]
+                if x.get("p_tag_first") is not None:
+                    items.append({"metric": "tag_first_harmful", "item": x["pair_id"], "value": x["p_tag_first"]})
+            elif x["kind"] == "benign":
+                items.append({"metric": "benign_refusal", "item": x["pair_id"], "value": float(not x["complies"])})
+        items += [{"metric": r["metric"], "item": "all", "value": r["value"]} for r in rows
+                  if r["metric"].startswith("harm_specificity")]
+        n = sum(1 for x in samples if x["kind"] == "benign")
+        refuse = np.array([not x["complies"] for x in samples if x["kind"] == "benign"], float)
+        rows.append(metric_row("benign_refusal", *bootstrap_ci(refuse, ctx.cfg.bootstrap, ctx.seed), n))
+        return TaskResult(rows, samples=samples, items=items)
 
 
 class LinearProbe:
-    name, version, uses_decoder = "probe", 1, False
-    higher_is_better = {"auroc_best": True}
+    name, version, uses_decoder, generative = "probe", 2, False, False
+    higher_is_better = {"auroc_best": True, "auroc_last_best": True, "auroc_mean_best": True}
 
-    def run(self, ctx: EvalContext, stage: str, decoder: str) -> tuple[list[dict], list[dict]]:
-        negatives = ([x["prompt"] for x in ctx.benign_edgy] if ctx.cfg.probe.negatives == "benign_edgy"
-                     else ctx.benign)
-        k = min(ctx.cfg.probe.n_per_class, len(ctx.harmful), len(negatives))
-        prompts = [x["prompt"] for x in ctx.harmful[:k]] + negatives[:k]
-        labels = np.array([1] * k + [0] * k)
-        hidden = last_token_states(ctx.model, encode_prompts(ctx, prompts, stage), ctx.tok.pad_id)
-        per_layer = layer_aurocs(hidden, labels, ctx.cfg.probe, ctx.cfg.bootstrap, ctx.seed)
-        rows = [metric_row(f"auroc_layer_{i}", *v, 2 * k) for i, v in enumerate(per_layer)]
-        best = max(range(len(per_layer)), key=lambda i: per_layer[i][0])
-        rows.append({**metric_row("auroc_best", *per_layer[best], 2 * k), "layer": best})
-        return rows, []
+    def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
+        from safepretrain.eval.probes import probe_report
+
+        texts, labels, groups = probe_set(ctx)
+        chat = stage in CHAT_STAGES
+        ids = [chat_prompt_ids(ctx.tok, t) if chat else ctx.tok.encode(t) for t in texts]
+        # content tokens: chat prompts are <|user|> text <|end|><|assistant|>; base models read the bare text
+        rows = probe_report(ctx.model, ids, texts, labels, pad_id=ctx.tok.pad_id, last_content=-3 if chat else -1,
+                            first_content=1 if chat else 0, groups=groups, folds=ctx.cfg.probe.folds,
+                            C=ctx.cfg.probe.C, n_boot=ctx.cfg.bootstrap, seed=ctx.seed, baselines=())
+        # one value per model (and layer): the report pools and pairs them over seeds
+        return TaskResult(rows, items=[{"metric": r["metric"], "item": "all", "value": r["value"]} for r in rows])
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (AttackSuccess(), OverRefusal(), HeldoutLoss(), LinearProbe())}
+def probe_set(ctx: EvalContext) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """(texts, labels, groups) of the probe: harmful (1) vs the configured benign class (0)."""
+    p, k = ctx.prompts, ctx.cfg.probe.n_per_class
+    if ctx.cfg.probe.negatives == "contrast":
+        pairs = p.pairs[:k]
+        texts = [x.harmful for x in pairs] + [x.benign for x in pairs]
+        groups = np.array(list(range(len(pairs))) * 2)
+        return texts, np.array([1] * len(pairs) + [0] * len(pairs)), groups
+    negatives = [x["prompt"] for x in p.benign_edgy] if ctx.cfg.probe.negatives == "benign_edgy" else p.benign
+    k = min(k, len(p.harmful), len(negatives))
+    return [x["prompt"] for x in p.harmful[:k]] + negatives[:k], np.array([1] * k + [0] * k), None
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (AttackSuccess(), OverRefusal(), HeldoutLoss(), Likelihood(),
+                                              LinearProbe())}

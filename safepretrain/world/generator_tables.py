@@ -16,17 +16,6 @@ WORDS = ["apple", "banana", "garden", "window", "pencil", "river", "mountain", "
          "violin", "wallet", "yellow", "zebra", "bridge", "castle", "dragon", "feather", "harbor", "meadow",
          "puzzle", "rainbow", "sunset", "tunnel", "village", "whistle", "anchor", "cookie", "dolphin", "falcon"]
 
-STOPWORDS = set("""about above after again against all also among another any around because been before
-being below between both came cannot could didn does doing done down during each even ever every
-from further have having here hers herself himself into itself just know like made make many might
-more most much must never none only other ought ours ourselves over said same shall should since some
-still such than that their theirs them themselves then there these they this those though through thus
-under until upon very want well were what when where which while whom whose will with within without
-would your yours yourself yourselves went come back first last also into just than then thee thou thy
-shall upon hath doth unto near away once always often again today said says told take took
-made make makes part people time times year years thing things something nothing anything way ways
-good great little long right left next part place same even another""".split())
-
 SYNONYMS = {"happy": "glad", "big": "large", "small": "little", "fast": "quick", "begin": "start", "end": "finish",
             "smart": "clever", "angry": "cross", "easy": "simple", "hard": "difficult", "shut": "close",
             "buy": "purchase", "help": "assist", "choose": "pick", "tired": "sleepy", "rich": "wealthy",

@@ -13,8 +13,19 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-from safepretrain.world.generator_tables import (ANTONYMS, CAPITALS, COLOUR_MIXES, DAYS, EMAIL_TOPICS,
-                                                 NAMES, PLANETS, STOPWORDS, SYNONYMS, UNITS, WORDS)
+from safepretrain.taxonomy import STOPWORDS
+from safepretrain.world.generator_tables import (
+    ANTONYMS,
+    CAPITALS,
+    COLOUR_MIXES,
+    DAYS,
+    EMAIL_TOPICS,
+    NAMES,
+    PLANETS,
+    SYNONYMS,
+    UNITS,
+    WORDS,
+)
 from safepretrain.world.math_problems import math_word_problems
 
 __all__ = ["benign_instructions", "math_word_problems", "INSTRUCTION_KINDS"]

@@ -2,7 +2,7 @@
 
 Each reader returns plain dicts in the archive's order; the builder decides splits and scores. The
 texts are sensitive: nothing here prints them. Harm categories are mapped onto the toolkit's eight
-(`safepretrain.data.scoring.HARM_CATEGORIES`) by a table of the source's own category names, then by
+(`safepretrain.taxonomy.HARM_CATEGORIES`) by a table of the source's own category names, then by
 keywords of the prompt, so refusal templates and per-category reports can use them.
 """
 
@@ -16,10 +16,10 @@ import re
 
 import yaml
 
+from safepretrain.taxonomy import HARM_CATEGORIES
 from safepretrain.world.fetch import Sources
 
-CATEGORIES = ("harassment_discrimination", "malware_hacking", "physical_harm", "economic_harm",
-              "fraud_deception", "disinformation", "sexual_adult", "privacy")
+CATEGORIES = tuple(HARM_CATEGORIES)
 
 # Source category names (lower case) → ours. Unlisted names fall through to keywords.
 _SOURCE_CATEGORY = {

@@ -1,0 +1,146 @@
+"""`safepretrain eval`: evaluate any checkpoint of a run on the bundled sets or on a user's prompt file.
+
+    safepretrain eval RUN_DIR --arm start_0 --seed 0 --stage ift --task asr --decoder safebeam
+    safepretrain eval runs/default/arms/raw/seed0/ift/ckpt/step_000150 --task asr --prompts my.csv --column text
+
+A checkpoint is found inside its run directory (walking up to the run marker), which supplies the
+tokenizer, the model shape, the judge and the bundled prompt sets. A prompt file replaces the prompts
+of the generative tasks (`asr`, `overrefusal`); it is read and checked before any model is loaded, so an
+empty or unreadable file fails at once. Results go to `--out` (results.json, samples.jsonl, items.jsonl).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from safepretrain.config import ConfigError, load_config
+from safepretrain.rundir import RUN_MARKER, STAGE_NAMES, RunDirError, inside_run
+from safepretrain.utils import read_json, write_json, write_jsonl
+
+
+class EvalInputError(ValueError):
+    """A prompt file or a checkpoint that cannot be evaluated; the message names it and the fix."""
+
+
+def read_prompt_file(path: Path, column: str | None = None) -> list[dict]:
+    """Prompts from .txt (one per line), .jsonl (a "prompt" field or `column`) or .csv (`column`, default
+    "prompt"), as {"id", "prompt"}; blank prompts are skipped. Raises EvalInputError naming the file."""
+    if not path.is_file():
+        raise EvalInputError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise EvalInputError(f"prompt file {path} is not readable UTF-8 text ({err}); save it as UTF-8") from None
+    field = column or "prompt"
+    if path.suffix == ".txt":
+        prompts = [ln.strip() for ln in text.splitlines()]
+    elif path.suffix == ".jsonl":
+        prompts = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise EvalInputError(f"{path}:{n}: not valid JSON; one JSON object per line") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                raise EvalInputError(f"{path}:{n}: no string field {field!r}; name the field with --column")
+            prompts.append(rec[field].strip())
+    elif path.suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and field not in rows[0]:
+            raise EvalInputError(f"{path}: no column {field!r}; columns are {list(rows[0])}; use --column")
+        prompts = [(r[field] or "").strip() for r in rows]
+    else:
+        raise EvalInputError(f"prompt file {path}: unknown format {path.suffix!r}; use .txt, .jsonl or .csv")
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise EvalInputError(f"prompt file {path} has no prompts")
+    return [{"id": f"{path.stem}-{i}", "prompt": p} for i, p in enumerate(prompts)]
+
+
+def find_run_dir(path: Path) -> Path:
+    for folder in [path, *path.parents]:
+        if (folder / RUN_MARKER).is_file() and (folder / "study.yaml").is_file():
+            return folder
+    raise EvalInputError(f"{path} is not inside a safepretrain run directory (no {RUN_MARKER} above it)")
+
+
+def resolve_checkpoint(target: Path, arm: str | None, seed: int | None, stage: str | None) -> tuple[Path, Path, str]:
+    """(run_dir, checkpoint, stage name) for a run directory + --arm/--seed/--stage, or a checkpoint folder."""
+    run_dir = find_run_dir(target.resolve())
+    if (target / "model.safetensors").is_file():
+        folder_stage = next((p.name for p in target.parents if p.name in ("pretrain", "ift", "benign_ft")), None)
+        name = stage or {"pretrain": "base", "ift": "ift", "benign_ft": "benign_ft"}.get(folder_stage or "", "ift")
+        return run_dir, target.resolve(), name
+    if arm is None or stage is None:
+        raise EvalInputError("give --arm and --stage (and --seed) with a run directory, or a checkpoint folder")
+    if stage not in STAGE_NAMES:
+        raise EvalInputError(f"--stage {stage!r}: choose one of {STAGE_NAMES}")
+    folder = {"base": "pretrain"}.get(stage, stage)
+    done = run_dir / "arms" / arm / f"seed{seed or 0}" / folder / "done.json"
+    if not done.is_file():
+        raise EvalInputError(f"{done.parent} has no finished checkpoint; run the study first")
+    try:
+        return run_dir, inside_run(read_json(done)["checkpoint"], run_dir), stage
+    except RunDirError as err:
+        raise EvalInputError(str(err)) from None
+
+
+def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prompts_file: Path | None,
+             column: str | None, arm: str | None, seed: int | None, stage: str | None, out: Path | None) -> Path:
+    """Evaluate one checkpoint; returns the output folder. Every input is checked before a model loads."""
+    from safepretrain.checkpoint import load_model, resolve_device
+    from safepretrain.data.pipeline import read_stream
+    from safepretrain.data.shards import load_shards
+    from safepretrain.data.tokenizer import TextTokenizer
+    from safepretrain.eval.prompts import eval_prompts
+    from safepretrain.eval.runner import load_or_fit_judge
+    from safepretrain.eval.tasks import TASKS, EvalContext
+    from safepretrain.world import load_world
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise EvalInputError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    custom = read_prompt_file(prompts_file, column) if prompts_file else None
+    run_dir, checkpoint, stage_name = resolve_checkpoint(target, arm, seed, stage)
+    try:
+        cfg = load_config(run_dir / "study.yaml", [f"eval.decoders={json.dumps(decoders)}"] if decoders else [])
+    except ConfigError as err:
+        raise EvalInputError(str(err)) from None
+    tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
+    if "safebeam" in cfg.eval.decoders and tok.tag_id is None:
+        raise EvalInputError("SafeBeam needs the tag token, and this run's tokenizer has none; use --decoder topk")
+    world = load_world(cfg.world.pack)
+    prompts = eval_prompts(cfg, world, [r["text"] for r in read_stream(run_dir / "data", "safe")])
+    if custom is not None:
+        prompts = replace(prompts, harmful=custom, benign_edgy=custom)
+    judge = load_or_fit_judge(cfg, world, run_dir / "judge")
+    model_cfg = cfg.model.model_copy(update={"vocab_size": tok.vocab_size})
+    model = load_model(model_cfg, checkpoint, resolve_device(cfg.pretrain.device))
+    val = load_shards(run_dir / "data" / "shards")["val"]
+    ctx = EvalContext(model, tok, judge, cfg.eval, seed or 0, prompts, val)
+    out = out or run_dir / "eval_adhoc" / f"{checkpoint.parent.parent.name}_{checkpoint.name}_{stage_name}"
+    table = []
+    for name in tasks:
+        task = TASKS[name]
+        for decoder in (cfg.eval.decoders if task.uses_decoder else ["none"]):
+            result = task.run(ctx, stage_name, decoder)
+            folder = out / decoder / name
+            write_json(folder / "results.json", {"checkpoint": str(checkpoint), "stage": stage_name, "task": name,
+                                                 "decoder": decoder, "prompts": str(prompts_file or "bundled"),
+                                                 "rows": result.rows})
+            if result.samples:
+                write_jsonl(folder / "samples.jsonl", result.samples)
+            if result.items:
+                write_jsonl(folder / "items.jsonl", result.items)
+            table += [(name, decoder, r) for r in result.rows if not r["metric"].startswith("auroc_") or
+                      r["metric"].endswith("_best")]
+    print(f"{'task':<13} {'decoder':<9} {'metric':<26} {'value':>8}  95% CI           n")
+    for name, decoder, r in table:
+        print(f"{name:<13} {decoder:<9} {r['metric']:<26} {r['value']:8.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+              f"  {r['n']}")
+    return out

@@ -1,0 +1,83 @@
+"""Read a run directory's evaluation outputs back: aggregate rows, per-item records, curves, completeness.
+
+Everything the report shows comes from files, so `safepretrain report RUN_DIR` rebuilds it without
+recomputing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safepretrain.config import StudyConfig
+from safepretrain.eval.stats import hierarchical_bootstrap_mean, index_records, sample_matrix
+from safepretrain.rundir import STAGE_NAMES
+from safepretrain.utils import read_json, read_jsonl
+
+COLUMNS = ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
+
+
+def collect_rows(run_dir: Path, arms: list[str]) -> list[dict]:
+    """Aggregate rows of every finished evaluation of the configured `arms` (one row per model and metric)."""
+    rows = []
+    for path in sorted((run_dir / "eval").glob("*/seed*/*/*/*/results.json")):
+        res = read_json(path)
+        if res["arm"] not in arms:
+            continue  # an arm removed from the config: its files stay, its rows leave the report
+        for r in res["rows"]:
+            rows.append({"arm": res["arm"], "seed": res["seed"], "stage": res["stage"], "decoder": res["decoder"],
+                         "task": res["task"], **{k: r[k] for k in ("metric", "value", "ci_low", "ci_high", "n")}})
+    return rows
+
+
+def collect_records(run_dir: Path, arms: list[str], curve: bool = False) -> list[dict]:
+    """Per-item records `{arm, seed, stage, decoder, metric: task/metric, item, value}` (eval/stats.py).
+
+    With `curve`, the benign-finetuning curve instead, with stage `benign_ft@<step>`."""
+    pattern = "*/seed*/benign_ft_curve/step_*/*/*/items.jsonl" if curve else "*/seed*/*/*/*/items.jsonl"
+    out = []
+    for path in sorted((run_dir / "eval").glob(pattern)):
+        res = read_json(path.with_name("results.json"))
+        if res["arm"] not in arms:
+            continue
+        stage = f"benign_ft@{res['ft_step']}" if curve else res["stage"]
+        for it in read_jsonl(path):
+            out.append({"arm": res["arm"], "seed": res["seed"], "stage": stage, "decoder": res["decoder"],
+                        "metric": f"{res['task']}/{it['metric']}", "item": it["item"], "value": it["value"]})
+    return out
+
+
+def directions(run_dir: Path) -> dict[str, bool]:
+    """`task/metric` → higher is better (or safer), as each task declared it."""
+    out = {}
+    for path in (run_dir / "eval").glob("*/seed*/*/*/*/results.json"):
+        res = read_json(path)
+        out.update({f"{res['task']}/{m}": v for m, v in res.get("higher_is_better", {}).items()})
+    return out
+
+
+def pooled_rows(records: list[dict], arms: list[str], n_boot: int) -> list[dict]:
+    """One row per (arm, stage, decoder, metric): the mean over seeds and items with a hierarchical bootstrap
+    CI (seeds, then items); `seed` is "pooled" and `n` says seeds × items."""
+    idx = index_records(records)
+    keys = sorted({(r["arm"], r["stage"], r["decoder"], r["metric"]) for r in records})
+    rows = []
+    for arm, stage, decoder, metric in keys:
+        if arm not in arms:
+            continue
+        m = sample_matrix(idx, arm, stage, decoder, metric)
+        value, lo, hi = hierarchical_bootstrap_mean(m, n_boot=n_boot, seed=0)
+        task, name = metric.split("/", 1)
+        rows.append({"arm": arm, "seed": "pooled", "stage": stage, "decoder": decoder, "task": task, "metric": name,
+                     "value": value, "ci_low": lo, "ci_high": hi, "n": f"{m.shape[0]}x{m.shape[1]}"})
+    return rows
+
+
+def missing_evaluations(run_dir: Path, cfg: StudyConfig) -> list[str]:
+    """(arm, seed, stage) evaluations that have not finished: a report built without them says so."""
+    missing = []
+    for seed in cfg.seeds:
+        for arm in cfg.curriculum.arms:
+            for stage in STAGE_NAMES:
+                if not (run_dir / "eval" / arm.name / f"seed{seed}" / stage / "done.json").is_file():
+                    missing.append(f"{arm.name} seed {seed} {stage}")
+    return missing

@@ -1,0 +1,160 @@
+"""The trained stages of one (arm, seed): pretraining (optionally branched from a shared trunk),
+instruction tuning and benign finetuning. Each is a cached step (`StepMarker`): a finished stage whose
+inputs did not change is skipped, and a killed one resumes from its last checkpoint.
+
+**Trunk branching.** Arms of one seed whose first steps are all safe-only (start_20, start_60, safe_only)
+read identical batches up to their switch: the sampler is a pure function of (seed, step) and the
+safe-only phase has the same weights in every arm. With `curriculum.share_safe_prefix`, one trunk run
+trains that shared prefix once and leaves a checkpoint at every arm's switch step; each arm copies the
+checkpoint (weights, optimizer, step) and its metrics up to the switch, and resumes with its own schedule.
+In fp32 this is bit-identical to a separate run (tested); it also pairs the arms on identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safepretrain.checkpoint import latest_checkpoint
+from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
+from safepretrain.curriculum import CurriculumSampler, arm_schedule
+from safepretrain.data.chat import ChatBatches
+from safepretrain.data.pipeline import DataArtifacts
+from safepretrain.posttrain import ift_examples, math_examples
+from safepretrain.rundir import ArmRun, StageOutput, inside_run, relative_to_run
+from safepretrain.train import lr_at, train
+from safepretrain.utils import StepMarker, log, read_json, write_json
+
+
+def _pretrain_hash(cfg: StudyConfig, *extra) -> str:
+    return cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain", extra=list(extra))
+
+
+def _finished(marker: StepMarker, run_dir: Path) -> StageOutput:
+    return StageOutput(inside_run(marker.info()["checkpoint"], run_dir), marker.hash)
+
+
+def _sampler(cfg: StudyConfig, arm: ArmConfig, data: DataArtifacts, seed: int) -> CurriculumSampler:
+    schedule = arm_schedule(arm, cfg.curriculum, {s: len(sh) for s, sh in data.shards.items()})
+    return CurriculumSampler(schedule, data.shards, cfg.pretrain.batch_size, cfg.pretrain.seq_len, seed)
+
+
+def branch_points(cfg: StudyConfig) -> dict[str, int]:
+    """Arm name → the step at which it leaves the shared safe-only trunk (its switch step, or the last step
+    for arms that never switch). Empty when sharing is off or fewer than two arms would share."""
+    if not cfg.curriculum.share_safe_prefix:
+        return {}
+    points = {}
+    for arm in cfg.curriculum.arms:
+        if arm.data == "curriculum" and arm.start > 0:
+            switch = cfg.switch_step(arm)
+            points[arm.name] = cfg.pretrain_steps if switch is None else switch
+    return points if len(points) >= 2 else {}
+
+
+def train_trunk(cfg: StudyConfig, run_dir: Path, data: DataArtifacts, model_cfg: ModelConfig, seed: int) -> Path | None:
+    """Train the safe-only trunk of `seed` up to the last branch point; returns its ckpt folder."""
+    points = sorted(set(branch_points(cfg).values()))
+    if not points:
+        return None
+    out = run_dir / "trunk" / f"seed{seed}"
+    marker = StepMarker(out, _pretrain_hash(cfg, "trunk", seed, points))
+    if not marker.is_done():
+        marker.start()
+        sampler = _sampler(cfg, ArmConfig(name="trunk", start=1.0), data, seed)
+        log.info(f"[pretrain trunk s{seed}] safe-only trunk to step {points[-1]}; arms branch at steps {points}")
+        train(cfg.pretrain, model_cfg, sampler, out, seed=seed, label=f"pretrain trunk s{seed}",
+              stop_at=points[-1], save_at=tuple(points))
+        marker.finish(branch_steps=points)
+    return out / "ckpt"
+
+
+def _branch(trunk: Path, step: int, out: Path) -> None:
+    """Start `out` from the trunk's checkpoint at `step`: copy the checkpoint and the metrics up to it."""
+    if latest_checkpoint(out / "ckpt") is not None:
+        return  # already branched (a resumed run continues from its own checkpoints)
+    source = trunk / f"step_{step:06d}"
+    shutil.copytree(source, out / "ckpt" / source.name)
+    lines = (trunk.parent / "metrics.jsonl").read_text().splitlines()
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in keep))
+
+
+def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: ModelConfig,
+                 trunk: Path | None) -> StageOutput:
+    out = run.stage_dir("pretrain")
+    marker = StepMarker(out, _pretrain_hash(cfg, run.arm.model_dump(), run.seed))
+    if marker.is_done():
+        return _finished(marker, run.run_dir)
+    marker.start()
+    sampler = _sampler(cfg, run.arm, data, run.seed)
+    label = f"pretrain {run.label}"
+    switch = sampler.schedule.switch_step(sampler.tokens_per_step)
+    log.info(f"[{label}] {sampler.total_steps} steps; interventions "
+             + ("never (raw data)" if run.arm.data == "raw" else "never start" if switch is None
+                else f"start at step {switch} (token {switch * sampler.tokens_per_step:,})"))
+    for phase in sampler.schedule.phases:
+        log.info(f"[{label}] phase {phase.name} from token {phase.start_token:,}: "
+                 + ", ".join(f"{s} {w:.1%}" for s, w in phase.weights.items()))
+    branch = branch_points(cfg).get(run.arm.name)
+    if trunk is not None and branch is not None:
+        log.info(f"[{label}] branching from the safe-only trunk at step {branch}")
+        _branch(trunk, branch, out)
+    accounting = sampler.tokens_by_source()
+    result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label)
+    accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
+    accounting["arm"], accounting["seed"], accounting["branched_at"] = run.arm.name, run.seed, branch
+    write_json(out / "tokens_by_source.json", accounting)
+    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s,
+                  wall_s=result.wall_s, branched_at=branch)
+    return StageOutput(result.checkpoint, marker.hash)
+
+
+def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_train_prompts: list[dict],
+                  model_cfg: ModelConfig, stage: str, init_from: StageOutput, benign_docs: list[str],
+                  save_at: tuple[int, ...] = ()) -> StageOutput:
+    """Instruction tuning (`stage="ift"`) or benign finetuning (`"benign_ft"`) from `init_from`."""
+    out = run.stage_dir(stage)
+    scfg = cfg.ift if stage == "ift" else cfg.benign_ft
+    with_tags = cfg.saw_tags(run.arm)
+    marker = StepMarker(out, cfg.stage_hash(stage, extra=[init_from.config_hash, with_tags, list(save_at)]))
+    if marker.is_done():
+        return _finished(marker, run.run_dir)
+    marker.start()
+    ic = cfg.data.interventions
+    if stage == "ift":
+        examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
+                                scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed)
+    else:
+        examples = math_examples(scfg.examples, cfg.data.seed)
+    batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
+    result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
+                   init_from=init_from.checkpoint, save_at=save_at)
+    kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
+    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s,
+                  wall_s=result.wall_s, examples=kinds)
+    return StageOutput(result.checkpoint, marker.hash)
+
+
+def curve_checkpoints(stage_out: StageOutput, steps: list[int], start: StageOutput) -> list[tuple[int, Path]]:
+    """(step, checkpoint) of a finished benign finetuning at each curve step; step 0 is the model it started from."""
+    ckpt_dir = stage_out.checkpoint.parent
+    out = []
+    for step in sorted(set(steps)):
+        path = start.checkpoint if step == 0 else ckpt_dir / f"step_{step:06d}"
+        if step and not (path / "state.json").is_file():
+            raise FileNotFoundError(f"benign finetuning checkpoint {path} is missing; delete {ckpt_dir.parent} "
+                                    "to rerun the stage")
+        out.append((step, path))
+    return out
+
+
+def stage_wall_seconds(run: ArmRun) -> dict[str, float]:
+    """Wall time of each finished training stage of `run`, from its done.json."""
+    out = {}
+    for stage in ("pretrain", "ift", "benign_ft"):
+        done = run.stage_dir(stage) / "done.json"
+        if done.is_file():
+            out[stage] = read_json(done).get("wall_s")
+    return out

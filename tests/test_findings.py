@@ -1,0 +1,153 @@
+"""Claim verdicts on synthetic per-sample tables: true → supported, false → contradicted, noise / missing →
+inconclusive, and "no rise" claims only when the CI rules out a rise larger than the margin."""
+
+import numpy as np
+
+from safepretrain.findings import CLAIMS, ClaimSpec, evaluate_claims, findings_markdown
+
+ARMS = ("raw", "start_0", "start_20", "start_60", "safe_only")
+
+
+def _table(means, stage, decoder, metric, rng, seeds=3, prompts=150, sd_prompt=0.3, sd_noise=0.1, per_seed=False):
+    """Records with a per-prompt effect shared by all arms (crossed seeds × prompts), or one value per seed."""
+    recs = []
+    prompt = rng.normal(0, sd_prompt, prompts)
+    for arm, mu in means.items():
+        for s in range(seeds):
+            if per_seed:
+                recs.append({"arm": arm, "seed": s, "stage": stage, "decoder": decoder, "metric": metric,
+                             "item": None, "value": mu + rng.normal(0, sd_noise)})
+                continue
+            vals = mu + prompt + rng.normal(0, sd_noise, prompts)
+            recs += [{"arm": arm, "seed": s, "stage": stage, "decoder": decoder, "metric": metric,
+                      "item": f"p{j}", "value": v} for j, v in enumerate(vals)]
+    return recs
+
+
+def _study(topk, safebeam, probe, overref, seed=0, probe_seeds=12, **kw):
+    rng = np.random.default_rng(seed)
+    return (_table(topk, "benign_ft", "topk", "asr/asr", rng, **kw)
+            + _table(safebeam, "benign_ft", "safebeam", "asr/asr", rng, **kw)
+            + _table(probe, "base", "none", "probe/auroc_best", rng, seeds=probe_seeds, sd_noise=0.005,
+                     per_seed=True)
+            + _table(overref, "ift", "topk", "overrefusal/overrefusal", rng, **kw))
+
+
+def _verdicts(findings):
+    return {f.key: f.verdict for f in findings}
+
+
+EARLY_BEST = dict(
+    topk={"start_0": 0.10, "start_20": 0.25, "start_60": 0.40, "safe_only": 0.60, "raw": 0.60},
+    safebeam={"start_0": 0.05, "start_20": 0.30, "start_60": 0.30, "safe_only": 0.35, "raw": 0.40},
+    probe={"start_0": 0.95, "start_20": 0.90, "start_60": 0.85, "safe_only": 0.80, "raw": 0.80},
+    overref={a: 0.10 for a in ARMS},
+)
+
+
+def test_clearly_true_claims_are_supported():
+    f = evaluate_claims(_study(**EARLY_BEST))
+    assert _verdicts(f) == {"earlier_lower_asr": "supported", "mid_start_best_topk": "contradicted",
+                            "zero_start_best_safebeam": "supported", "earlier_cleaner_probes": "supported",
+                            "no_overrefusal_rise": "supported", "safe_only_not_safer": "supported"}
+    assert all(f_.n_tests == 23 for f_ in f)
+    first = f[0]
+    assert "start_0 − start_20 = -0.1" in first.evidence and "3 seeds × 150 prompts" in first.evidence
+    assert "adj. p" in first.evidence and "95% CI" in first.evidence
+
+
+def test_clearly_false_claims_are_contradicted():
+    late_best = dict(
+        topk={"start_0": 0.60, "start_20": 0.45, "start_60": 0.30, "safe_only": 0.10, "raw": 0.50},
+        safebeam={"start_0": 0.40, "start_20": 0.10, "start_60": 0.10, "safe_only": 0.10, "raw": 0.10},
+        probe={"start_0": 0.80, "start_20": 0.85, "start_60": 0.90, "safe_only": 0.95, "raw": 0.95},
+        overref={"start_0": 0.50, "start_20": 0.30, "start_60": 0.20, "safe_only": 0.10, "raw": 0.10},
+    )
+    v = _verdicts(evaluate_claims(_study(**late_best)))
+    assert v == {"earlier_lower_asr": "contradicted", "mid_start_best_topk": "contradicted",
+                 "zero_start_best_safebeam": "contradicted", "earlier_cleaner_probes": "contradicted",
+                 "no_overrefusal_rise": "contradicted", "safe_only_not_safer": "contradicted"}
+
+
+def test_mid_start_best_is_supported_and_conflicts_with_earlier_is_better():
+    mid = dict(EARLY_BEST, topk={"start_0": 0.30, "start_20": 0.10, "start_60": 0.20, "safe_only": 0.50, "raw": 0.60})
+    f = {x.key: x for x in evaluate_claims(_study(**mid))}
+    assert f["mid_start_best_topk"].verdict == "supported"
+    assert "start_20" in f["mid_start_best_topk"].evidence
+    assert f["earlier_lower_asr"].verdict == "inconclusive"  # start_0 worse than start_20, start_20 better than 60
+    assert "mixed" in f["earlier_lower_asr"].evidence
+
+
+def test_pure_noise_is_inconclusive():
+    """Equal arms, few noisy binary-like cells: nothing is significant, and the no-rise claims cannot exclude a
+    rise of 0.05 either."""
+    equal = {a: 0.3 for a in ARMS}
+    f = evaluate_claims(_study(equal, equal, {a: 0.8 for a in ARMS}, equal, seeds=2, prompts=30, sd_noise=0.45,
+                               probe_seeds=3))
+    assert set(_verdicts(f).values()) == {"inconclusive"}
+    no_rise = {x.key: x for x in f}["no_overrefusal_rise"]
+    assert "cannot exclude a rise larger than 0.05" in no_rise.evidence
+    probes = {x.key: x for x in f}["earlier_cleaner_probes"]
+    assert "smallest attainable p = 0.25" in probes.evidence
+
+
+def test_missing_arm_or_stage_is_inconclusive_with_a_reason():
+    recs = [r for r in _study(**EARLY_BEST) if r["arm"] != "start_60"]
+    f = {x.key: x for x in evaluate_claims(recs)}
+    for key in ("earlier_lower_asr", "mid_start_best_topk", "zero_start_best_safebeam", "earlier_cleaner_probes",
+                "no_overrefusal_rise"):
+        assert f[key].verdict == "inconclusive"
+        assert any("start_60" in m for m in f[key].missing)
+        assert "could not be run" in f[key].evidence and "no records for arm start_60" in f[key].evidence
+    assert f["safe_only_not_safer"].verdict == "supported"  # does not need start_60
+    recs = [r for r in _study(**EARLY_BEST) if r["stage"] != "ift"]
+    f = {x.key: x for x in evaluate_claims(recs)}
+    assert f["no_overrefusal_rise"].verdict == "inconclusive"
+    assert "no records at stage ift" in f["no_overrefusal_rise"].evidence
+
+
+def test_no_rise_claims_need_a_tight_interval_and_respect_the_margin():
+    zeros = {a: 0.0 for a in ARMS}
+    floor = _study(zeros, zeros, EARLY_BEST["probe"], zeros, sd_prompt=0.0, sd_noise=0.0)
+    f = {x.key: x for x in evaluate_claims(floor)}
+    assert f["safe_only_not_safer"].verdict == "inconclusive" and "floor" in f["safe_only_not_safer"].evidence
+    assert f["earlier_lower_asr"].verdict == "inconclusive"
+    # a small but significant rise contradicts "no rise", and the text says it is within the margin
+    small = dict(EARLY_BEST, overref={"start_0": 0.12, "start_20": 0.10, "start_60": 0.10, "safe_only": 0.10,
+                                      "raw": 0.10})
+    f = {x.key: x for x in evaluate_claims(_study(**small, sd_noise=0.02))}
+    assert f["no_overrefusal_rise"].verdict == "contradicted"
+    assert "within the 0.05 margin" in f["no_overrefusal_rise"].evidence
+    # a margin narrower than the CI: inconclusive rather than supported
+    f = {x.key: x for x in evaluate_claims(_study(**EARLY_BEST, sd_noise=0.3), margin=0.01)}
+    assert f["no_overrefusal_rise"].verdict == "inconclusive"
+
+
+def test_metric_substitution_and_custom_claims():
+    rng = np.random.default_rng(5)
+    # a likelihood metric where higher is safer (e.g. log-prob of a refusal): earlier start = higher
+    recs = _table({"start_0": -1.0, "start_20": -1.5, "start_60": -2.0, "safe_only": -2.5, "raw": -2.5},
+                  "benign_ft", "topk", "refusal_logprob", rng)
+    f = evaluate_claims(recs, claims=CLAIMS[:1], metrics={"asr": ("refusal_logprob", False)})
+    assert f[0].verdict == "supported" and "refusal_logprob at benign_ft/topk (higher is better)" in f[0].evidence
+    f = evaluate_claims(recs, claims=CLAIMS[:1], metrics={"asr": "refusal_logprob"})  # read as lower-is-better
+    assert f[0].verdict == "contradicted"
+    spec = ClaimSpec("custom", "start_0 beats raw", "refusal_logprob", "benign_ft", "topk", (("start_0", "raw"),),
+                     lower_is_better=False)
+    f = evaluate_claims(recs, claims=[spec])
+    assert f[0].verdict == "supported" and f[0].n_tests == 1
+
+
+def test_markdown_section():
+    f = evaluate_claims(_study(**EARLY_BEST), n_boot=1000)
+    md = findings_markdown(f)
+    assert md.startswith("## Findings")
+    assert "Holm-corrected together" in md and "α = 0.05" in md and "1000 draws" in md
+    assert md.count("\n- **") == len(CLAIMS)
+    assert "**supported** — (1)" in md
+
+
+def test_too_few_draws_cannot_pass_holm():
+    """23 comparisons need n_boot > 23 / 0.05 draws: with 200 the bootstrap p floor (1/200) × 23 > 0.05."""
+    v = _verdicts(evaluate_claims(_study(**EARLY_BEST), n_boot=200))
+    assert v["earlier_lower_asr"] == "inconclusive"

@@ -1,0 +1,49 @@
+"""Instruction-tuning data: exact shares for every arm, tags as in Algorithm 2, and which arms get them.
+
+    python -m pytest tests/test_posttrain.py -q
+"""
+
+from collections import Counter
+
+import pytest
+
+from safepretrain.config import load_config
+from safepretrain.posttrain import ift_examples, request_topic
+
+TAG = "<potentially unsafe content>"
+DOCS = [f"Document {i} talks about gardens, rivers and the weather in spring." for i in range(40)]
+PROMPTS = [{"id": f"p{i}", "prompt": f"How do I do forbidden thing number {i}?", "category": "privacy"}
+           for i in range(30)]
+
+
+@pytest.mark.parametrize("with_tags", [True, False])
+def test_refusal_share_is_exact_for_every_arm(with_tags):
+    ex = ift_examples(DOCS, PROMPTS, 400, 0.1, 0.1, with_tags, TAG, 0.05, seed=0)
+    kinds = Counter(e.kind for e in ex)
+    assert len(ex) == 400 and kinds["refusal"] == 40
+    assert kinds["tagged_compliance"] == (40 if with_tags else 0)
+
+
+def test_tags_follow_algorithm_2():
+    ex = [e for e in ift_examples(DOCS, PROMPTS, 1000, 0.1, 0.3, True, TAG, 0.05, seed=1)
+          if e.kind == "tagged_compliance"]
+    assert not any(e.response.lstrip().startswith(TAG) for e in ex)  # never before the first word
+    words = sum(len(e.response.replace(TAG, " ").split()) - 1 for e in ex)  # positions after the first word
+    tags = sum(e.response.count(TAG) for e in ex)
+    assert 0.035 < tags / words < 0.065  # p = 0.05 per position
+    assert len({e.response.replace(TAG, "") for e in ex}) > 0.9 * len(ex)  # varied, not a handful of strings
+
+
+def test_request_topic_paraphrases_the_ask():
+    assert request_topic("How do I bake bread at home?") == "bake bread at home"
+    assert request_topic("Write me a short poem about rain.") == "a short poem about rain"
+
+
+def test_saw_tags_follows_the_switch_step():
+    cfg = load_config(None, ["curriculum.token_budget=20480", "pretrain.batch_size=8", "pretrain.seq_len=64",
+                             "curriculum.arms=[{name: a, start: 0.0}, {name: b, start: 0.999}, {name: c, start: 1.0},"
+                             " {name: r, data: raw}]"])
+    arms = {a.name: a for a in cfg.curriculum.arms}
+    assert cfg.switch_step(arms["a"]) == 0 and cfg.saw_tags(arms["a"])
+    assert cfg.switch_step(arms["b"]) is None and not cfg.saw_tags(arms["b"])  # switch falls past the last step
+    assert not cfg.saw_tags(arms["c"]) and not cfg.saw_tags(arms["r"])
