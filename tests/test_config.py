@@ -3,6 +3,7 @@
     python -m pytest tests/test_config.py -q
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,23 @@ def test_missing_config_file_and_bad_override_syntax():
         load_config("configs/nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["curriculum.token_budget"])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("pretrain.device=banana", "pretrain.device"),
+    ("pretrain.lr=inf", "pretrain.lr"),
+    ("eval.decoders=[]", "eval.decoders"),
+    ("eval.max_new_tokens=256", "eval.max_new_tokens"),
+    ("data.interventions.tag=<|endoftext|>", "data.interventions.tag"),
+    ("eval.generation_seeds=[7]", "eval.generation_seeds"),
+])
+def test_invalid_settings_fail_before_any_work(override, field):
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_config(None, [override])
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncurriculum:\n  token_budget: 100\n   arms: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: YAML syntax error"):
+        load_config(bad)

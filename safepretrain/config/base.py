@@ -15,11 +15,18 @@ STREAMS = {
 }
 
 
+# Special tokens of every tokenizer (besides the harmfulness tag): end of text, padding, chat markers.
+EOS, PAD, USER, ASSISTANT, END = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"
+RESERVED_TOKENS = (EOS, PAD, USER, ASSISTANT, END)
+
+
 class ConfigError(ValueError):
     """A config that cannot run. The message names each bad field and the fix."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # inf and nan are never a meaningful setting (pretrain.lr=inf once ran to the end with nan weights)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from safepretrain.config.base import Strict
+from safepretrain.config.base import RESERVED_TOKENS, Strict
 
 
 class WorldConfig(Strict):
@@ -74,8 +74,16 @@ class InterventionConfig(Strict):
 
     generator: Literal["template"] = "template"
     """`template`: seeded offline generators (the paper's 7 rephrase styles, refusal and moral-ed templates)."""
-    tag: str = "<potentially unsafe content>"
+    tag: str = Field("<potentially unsafe content>", min_length=1)
     """The harmfulness tag; added to the tokenizer as one special token."""
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_is_new(cls, v: str) -> str:
+        if v in RESERVED_TOKENS or v.strip() != v:
+            raise ValueError(f"tag {v!r} must be a new token without surrounding spaces, not one of the reserved "
+                             f"special tokens {list(RESERVED_TOKENS)}; e.g. '<potentially unsafe content>'")
+        return v
     tag_probability: float = Field(0.05, ge=0, le=1)
     """Probability of inserting the tag before each word after the first (paper: 0.05)."""
     moral_education: bool = True

@@ -192,7 +192,7 @@ class TrainConfig(Strict):
     """torch.compile the model (cold compile costs ~20 s on CPU; pays off for long runs)."""
     ckpt_every: int = Field(0, ge=0)
     """Steps between checkpoints (0 = only the final one); a killed run resumes from the last."""
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
     deterministic: bool = True
     """Deterministic kernels and a fixed thread count, so a rerun of a seed gives the same weights on the same

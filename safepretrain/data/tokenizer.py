@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EOS, PAD, USER, ASSISTANT, END = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"
+from safepretrain.config.base import ASSISTANT, END, EOS, PAD, USER  # the one list of special tokens
 
 
 def special_tokens(tag: str) -> list[str]:
