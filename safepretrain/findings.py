@@ -216,10 +216,8 @@ def _decide(spec: ClaimSpec, comps: list[Comparison], lower: bool, margin: float
                                     + "; ".join(f"{a} worse than {', '.join(bs)}" for a, bs in beaten.items()) + ").")
         return "inconclusive", ("Inconclusive: no candidate is significantly better than all its rivals"
                                 + (f"; ruled out: {', '.join(out)}" if out else "") + ".")
-    # no_worse / no_better: equivalence-like
-    if any(c.note and "floor" in c.note for c in comps):
-        return "inconclusive", ("Inconclusive: the metric is at a floor/ceiling (identical values in both arms), so "
-                                "it cannot show whether there is a rise; substitute a more sensitive metric.")
+    # no_worse / no_better: equivalence-like. A significant rise contradicts the claim whatever the other
+    # comparisons show; only without one can a floor/ceiling leave the claim untestable.
     rises = [c for c in comps if c.outcome == "against"]
     noun = "worse" if spec.kind == "no_worse" else "better"
     if rises:
@@ -227,6 +225,9 @@ def _decide(spec: ClaimSpec, comps: list[Comparison], lower: bool, margin: float
                           f"({'within' if abs(c.result.diff) <= margin else 'beyond'} the {margin:g} margin)"
                           for c in rises)
         return "contradicted", f"Contradicted: significant {noun}-direction difference(s): {sizes}."
+    if any(c.note and "floor" in c.note for c in comps):
+        return "inconclusive", ("Inconclusive: the metric is at a floor/ceiling (identical values in both arms), so "
+                                "it cannot show whether there is a rise; substitute a more sensitive metric.")
     bad = 1.0 if (spec.kind == "no_worse") == lower else -1.0  # sign of a rise in a − b
     worst = [max(bad * c.result.lo, bad * c.result.hi) for c in comps]
     if all(w < margin for w in worst):

@@ -151,3 +151,12 @@ def test_too_few_draws_cannot_pass_holm():
     """23 comparisons need n_boot > 23 / 0.05 draws: with 200 the bootstrap p floor (1/200) × 23 > 0.05."""
     v = _verdicts(evaluate_claims(_study(**EARLY_BEST), n_boot=200))
     assert v["earlier_lower_asr"] == "inconclusive"
+
+
+def test_a_significant_rise_contradicts_even_when_another_pair_sits_at_a_floor():
+    """Measured on a default study: start_0 over-refused significantly more than safe_only while start_60 and
+    safe_only were both at 0; the floor of one pair must not hide the rise of another."""
+    overref = {"start_0": 0.4, "start_20": 0.0, "start_60": 0.0, "safe_only": 0.0, "raw": 0.0}
+    f = {x.key: x for x in evaluate_claims(_study(**dict(EARLY_BEST, overref=overref), sd_prompt=0.0,
+                                                  sd_noise=0.0))}
+    assert f["no_overrefusal_rise"].verdict == "contradicted"

@@ -114,7 +114,8 @@ class Evaluator:
                 result = task.run(ctx, stage, decoder)
                 self._write(out / decoder / task.name, run, stage, decoder, task, result, trained.checkpoint,
                             time.perf_counter() - t1)
-                summary.append(f"{task.name}/{decoder} {result.rows[0]['metric']}={result.rows[0]['value']:.3f}")
+                head = next((r for r in result.rows if r["metric"] == "auroc_best"), result.rows[0])
+                summary.append(f"{task.name}/{decoder} {head['metric']}={head['value']:.3f}")
         log.info(f"[eval {run.label} {stage}] " + " | ".join(summary) + f" ({time.perf_counter() - t0:.0f}s)")
         marker.finish(checkpoint=relative_to_run(trained.checkpoint, run.run_dir), generative=generative)
 
