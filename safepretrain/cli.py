@@ -148,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "study":
         args.items += extra
-    return args.func(args)
+    from safepretrain.utils import CorruptFileError
+
+    try:
+        return args.func(args)
+    except CorruptFileError as err:  # a truncated or edited file of a run: name it, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.posttrain import ift_examples, math_examples
 from safepretrain.rundir import ArmRun, StageOutput, inside_run, relative_to_run
 from safepretrain.train import lr_at, train
-from safepretrain.utils import StepMarker, log, read_json, write_json
+from safepretrain.utils import StepMarker, files_in, log, read_json, write_json
 
 
 def _pretrain_hash(cfg: StudyConfig, *extra) -> str:
@@ -66,7 +66,7 @@ def train_trunk(cfg: StudyConfig, run_dir: Path, data: DataArtifacts, model_cfg:
         log.info(f"[pretrain trunk s{seed}] safe-only trunk to step {points[-1]}; arms branch at steps {points}")
         train(cfg.pretrain, model_cfg, sampler, out, seed=seed, label=f"pretrain trunk s{seed}",
               stop_at=points[-1], save_at=tuple(points))
-        marker.finish(branch_steps=points)
+        marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points)
     return out / "ckpt"
 
 
@@ -106,8 +106,8 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"], accounting["branched_at"] = run.arm.name, run.seed, branch
     write_json(out / "tokens_by_source.json", accounting)
-    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s,
-                  wall_s=result.wall_s, branched_at=branch)
+    marker.finish(outputs=files_in(result.checkpoint), checkpoint=relative_to_run(result.checkpoint, run.run_dir),
+                  tokens_per_s=result.tokens_per_s, wall_s=result.wall_s, branched_at=branch)
     return StageOutput(result.checkpoint, marker.hash)
 
 
@@ -132,8 +132,8 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
                    init_from=init_from.checkpoint, save_at=save_at)
     kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
-    marker.finish(checkpoint=relative_to_run(result.checkpoint, run.run_dir), tokens_per_s=result.tokens_per_s,
-                  wall_s=result.wall_s, examples=kinds)
+    marker.finish(outputs=files_in(out / "ckpt"), checkpoint=relative_to_run(result.checkpoint, run.run_dir),
+                  tokens_per_s=result.tokens_per_s, wall_s=result.wall_s, examples=kinds)
     return StageOutput(result.checkpoint, marker.hash)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -52,8 +53,24 @@ def write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+class CorruptFileError(ValueError):
+    """A file the run wrote earlier cannot be read back (truncated or edited); the message names it."""
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}); it was truncated or edited. Delete the folder "
+                               "of the step that wrote it to recompute it") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
@@ -78,29 +95,57 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def files_in(folder: Path, pattern: str = "**/*") -> list[Path]:
+    """Files under `folder` matching `pattern`, without the step markers themselves (sorted)."""
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.name not in ("done.json", ".config_hash"))
+
+
 class StepMarker:
-    """`done.json` beside a step's outputs: the step is skipped when its config hash matches.
+    """`done.json` beside a step's outputs: the step is skipped when its config hash matches and its recorded
+    outputs still have the checksums they had when written.
 
     A folder whose marker (or in-progress hash) disagrees with the current config is wiped first, so
     stale partial outputs (e.g. datatrove completion files) can never be mistaken for fresh ones. Only
     folders this class marked are ever wiped: a non-empty folder without a marker is someone else's,
-    and the step refuses to run there.
+    and the step refuses to run there. A recorded output that is missing or changed (a truncated
+    checkpoint, a zero-filled shard) is reported with its path and the step is recomputed from scratch.
     """
 
     def __init__(self, folder: Path, config_hash: str):
         self.folder, self.hash = folder, config_hash
         self.done_file = folder / "done.json"
         self.started_file = folder / ".config_hash"
+        self.corrupt = False
 
     def is_done(self) -> bool:
-        return self.done_file.is_file() and read_json(self.done_file).get("config_hash") == self.hash
+        if not self.done_file.is_file():
+            return False
+        try:
+            info = read_json(self.done_file)
+        except CorruptFileError as err:
+            log.warning(f"{err}; recomputing the step")
+            self.corrupt = True
+            return False
+        if info.get("config_hash") != self.hash:
+            return False
+        for rel, digest in info.get("checksums", {}).items():
+            path = self.folder / rel
+            found = sha256_file(path) if path.is_file() else "missing"
+            if found != digest:
+                log.warning(f"{path}: checksum mismatch (recorded {digest[:12]}, found {found[:12]}): the file was "
+                            "truncated, changed or removed since the step wrote it; recomputing the step")
+                self.corrupt = True
+                return False
+        return True
 
     def start(self) -> None:
         """Begin (or resume) the step: keep partial outputs of the same config, wipe our own others."""
         if self.folder.exists():
             if self.started_file.is_file():
                 previous = self.started_file.read_text().strip()
-                if previous != self.hash:
+                if self.corrupt:
+                    shutil.rmtree(self.folder)
+                elif previous != self.hash:
                     log.info(f"{self.folder}: config changed since this step last ran (hash {previous} -> "
                              f"{self.hash}); rerunning it")
                     shutil.rmtree(self.folder)
@@ -111,8 +156,10 @@ class StepMarker:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.started_file.write_text(self.hash)
 
-    def finish(self, **info: Any) -> None:
-        write_json(self.done_file, {"config_hash": self.hash, **info})
+    def finish(self, outputs: Iterable[Path] = (), **info: Any) -> None:
+        """Mark the step done; `outputs` (files inside the folder) get checksums verified on every reuse."""
+        sums = {str(Path(p).relative_to(self.folder)): sha256_file(Path(p)) for p in outputs}
+        write_json(self.done_file, {"config_hash": self.hash, **info, "checksums": sums})
 
     def info(self) -> dict:
         return read_json(self.done_file)

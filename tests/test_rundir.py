@@ -95,3 +95,34 @@ def test_stored_paths_are_relative_and_stay_inside_the_run(tmp_path):
     for bad in ("/etc/passwd", "../other/ckpt", "arms/../../x"):
         with pytest.raises(RunDirError, match="outside the run directory"):
             inside_run(bad, run)
+
+
+def test_a_changed_output_is_reported_and_the_step_recomputed(tmp_path, caplog):
+    import logging
+
+    step = tmp_path / "step"
+    m = StepMarker(step, "h1")
+    m.start()
+    (step / "shard.bin").write_bytes(b"\x01\x02\x03\x04")
+    m.finish(outputs=[step / "shard.bin"])
+    assert StepMarker(step, "h1").is_done()
+    (step / "shard.bin").write_bytes(b"\x00\x00\x00\x00")  # zero-filled, same size
+    again = StepMarker(step, "h1")
+    with caplog.at_level(logging.WARNING, logger="safepretrain"):
+        assert not again.is_done()
+    assert "shard.bin: checksum mismatch" in caplog.text
+    again.start()  # recompute from scratch: the corrupt output is gone
+    assert not (step / "shard.bin").exists() and not (step / "done.json").exists()
+
+
+def test_truncated_json_is_named_without_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_MARKER).touch()
+    (run / "study.yaml").write_text("name: x\n")
+    (run / "eval" / "a" / "seed0" / "base" / "topk" / "asr").mkdir(parents=True)
+    (run / "eval" / "a" / "seed0" / "base" / "topk" / "asr" / "results.json").write_text('{"arm": "a", "ro')
+    (run / "data").mkdir()
+    (run / "data" / "report_card.json").write_text("{}")
+    assert main(["report", str(run)]) == 2
+    assert "results.json is not valid JSON" in capsys.readouterr().err

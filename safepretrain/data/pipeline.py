@@ -24,7 +24,7 @@ from safepretrain.data.report_card import build_report_card
 from safepretrain.data.shards import TokenShard, load_shards, write_shard
 from safepretrain.data.steps import ReadCorpus, RouteAndIntervene, ScoreHarm
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.utils import StepMarker, log, read_json, read_jsonl, write_jsonl
+from safepretrain.utils import StepMarker, files_in, log, read_json, read_jsonl, write_jsonl
 from safepretrain.world import World
 
 ALL_STREAMS = [*STREAMS, "val"]
@@ -74,7 +74,7 @@ def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
     scorer.save(folder, metrics)
     log.info("scorer: held-out " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                                              if isinstance(v, float)))
-    marker.finish(metrics=metrics)
+    marker.finish(outputs=files_in(folder), metrics=metrics)
     return metrics
 
 
@@ -143,6 +143,8 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
         if report["rejected"]["total"]:
             log.warning(f"data: {report['rejected']['total']} record(s) rejected, reasons "
                         f"{report['rejected']['by_reason']}; see {folder / 'rejected'}")
-        marker.finish(streams=sizes)
+        outputs = [*files_in(folder / "shards"), *files_in(folder / "streams"), folder / "tokenizer.json",
+                   folder / "report_card.json"]
+        marker.finish(outputs=outputs, streams=sizes)
     tok = TextTokenizer.load(folder / "tokenizer.json", cfg.data.interventions.tag)
     return DataArtifacts(folder, tok, load_shards(folder / "shards"), read_json(folder / "report_card.json"))

@@ -22,7 +22,7 @@ from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.eval.prompts import EvalPrompts
 from safepretrain.eval.tasks import TASKS, EvalContext, TaskResult, probe_set
 from safepretrain.rundir import ArmRun, StageOutput, relative_to_run
-from safepretrain.utils import StepMarker, log, read_json, write_json, write_jsonl
+from safepretrain.utils import StepMarker, files_in, log, read_json, write_json, write_jsonl
 from safepretrain.world import World
 
 CURVE_TASKS = ("likelihood", "heldout_loss")  # judge-free, cheap: measured at every benign-FT curve step
@@ -46,7 +46,7 @@ def load_or_fit_judge(cfg: StudyConfig, world: World, folder: Path):
         c = quality["cases"]
         log.info(f"judge: refusal P/R on human labels {quality['human_refusal']['precision']:.2f}/"
                  f"{quality['human_refusal']['recall']:.2f}; tricky cases accuracy {c['accuracy']:.2f} (n={c['n']})")
-        marker.finish()
+        marker.finish(outputs=files_in(folder))
     return judge
 
 
@@ -77,7 +77,7 @@ class Evaluator:
                 for k, (v, lo, hi) in found.items()]
         write_json(out / "results.json", {"task": "probe_baselines", "negatives": p.negatives, "rows": rows})
         log.info("probe baselines (text only): " + ", ".join(f"{r['metric']}={r['value']:.3f}" for r in rows))
-        marker.finish()
+        marker.finish(outputs=files_in(out))
 
     def _context(self, checkpoint: Path, seed: int) -> EvalContext:
         model = load_model(self.model_cfg, checkpoint, resolve_device(self.cfg.pretrain.device))
@@ -117,7 +117,8 @@ class Evaluator:
                 head = next((r for r in result.rows if r["metric"] == "auroc_best"), result.rows[0])
                 summary.append(f"{task.name}/{decoder} {head['metric']}={head['value']:.3f}")
         log.info(f"[eval {run.label} {stage}] " + " | ".join(summary) + f" ({time.perf_counter() - t0:.0f}s)")
-        marker.finish(checkpoint=relative_to_run(trained.checkpoint, run.run_dir), generative=generative)
+        marker.finish(outputs=files_in(out), checkpoint=relative_to_run(trained.checkpoint, run.run_dir),
+                      generative=generative)
 
     def evaluate_curve(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
         """The judge-free tasks at each benign-finetuning step in `checkpoints` ((step, checkpoint) pairs)."""
@@ -133,7 +134,7 @@ class Evaluator:
                 result = task.run(ctx, "benign_ft", "none")
                 self._write(out / f"step_{step:06d}" / "none" / name, run, "benign_ft_curve", "none", task, result,
                             checkpoint, time.perf_counter() - t1, ft_step=step)
-        marker.finish(steps=[s for s, _ in checkpoints])
+        marker.finish(outputs=files_in(out), steps=[s for s, _ in checkpoints])
 
 
 def judge_quality_of(run_dir: Path) -> dict | None:
