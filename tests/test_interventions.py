@@ -128,4 +128,23 @@ def test_reader_shards_lines_across_ranks(tmp_path):
     f = tmp_path / "c.jsonl"
     f.write_text("".join(json.dumps({"id": str(i), "text": f"t{i}"}) + "\n" for i in range(10)))
     got = [[d.id for d in ReadCorpus([str(f)], str(tmp_path / "r"), 50).run(None, r, 3)] for r in range(3)]
-    assert sorted(sum(got, [])) == sorted(str(i) for i in range(10)) and got[0] == ["0", "3", "6", "9"]
+    assert sorted(sum(got, [])) == sorted(str(i) for i in range(10))  # each record on exactly one rank
+    assert all(got)  # and the ranks share the work
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_bom_invalid_utf8_and_duplicate_ids(tmp_path, world_size):
+    f = tmp_path / "c.jsonl"
+    f.write_bytes(b'\xef\xbb\xbf{"id": "a", "text": "first record after a byte-order mark"}\n'
+                  b'{"id": "b", "text": "bad byte \xff here"}\n'
+                  b'{"id": "a", "text": "the same id again"}\n'
+                  b'{"text": "no id"}\n{"text": "no id"}\n'
+                  b'{"id": "c", "text": "fine"}\n')
+    docs, rejected = [], []
+    for r in range(world_size):
+        step = ReadCorpus([str(f)], str(tmp_path / f"rej{world_size}"), 100)
+        docs += [d.text for d in step.run(None, r, world_size)]
+        rejected += [json.loads(x) for x in (tmp_path / f"rej{world_size}" / f"{r:05d}.jsonl").read_text().splitlines()]
+    assert sorted(docs) == sorted(["first record after a byte-order mark", "no id", "fine"])
+    assert sorted((x["line"], x["reason"]) for x in rejected) == [
+        (2, "invalid_utf8"), (3, "duplicate_id"), (5, "duplicate_id")]

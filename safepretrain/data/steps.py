@@ -22,10 +22,13 @@ from safepretrain.data.scoring import chunk_text
 
 
 class ReadCorpus(PipelineStep):
-    """Read JSONL records `{"id"?, "text", "source"?}`; rank r takes every world_size-th line.
+    """Read JSONL records `{"id"?, "text", "source"?}`; each record goes to the rank given by a hash of its id.
 
     A record that cannot be used is written to `rejected/<rank>.jsonl` with the file, line number,
-    reason (invalid_json | not_an_object | missing_text | empty_text) and the raw line, and counted.
+    reason (invalid_utf8 | invalid_json | not_an_object | missing_text | empty_text | duplicate_id) and the
+    raw line, and counted. A UTF-8 byte-order mark at the start of a file is accepted. Ranks are assigned by
+    id (not by line) so that every copy of an id meets the same rank, which keeps the first and sets the
+    others aside: duplicate and colliding ids are counted, never silently merged.
     """
 
     name = "📖 read corpus"
@@ -50,27 +53,48 @@ class ReadCorpus(PipelineStep):
             return None, "empty_text"
         return rec, None
 
+    @staticmethod
+    def _rank_of(doc_id: str, world_size: int) -> int:
+        return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % world_size
+
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         Path(self.rejected_dir).mkdir(parents=True, exist_ok=True)
-        line_index = -1
+        seen: set[str] = set()
         with open(Path(self.rejected_dir) / f"{rank:05d}.jsonl", "w") as rejected:
+            def reject(path, line_no, reason, raw):
+                self.stat_update("rejected", f"rejected_{reason}")
+                rejected.write(json.dumps({"file": path, "line": line_no, "reason": reason, "raw": raw[:2000]},
+                                          ensure_ascii=False) + "\n")
+
             for path in self.files:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    for line_no, line in enumerate(f, start=1):
-                        if not line.strip():
+                with open(path, "rb") as f:
+                    for line_no, raw_line in enumerate(f, start=1):
+                        if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                            raw_line = raw_line[3:]  # a byte-order mark is not part of the first record
+                        if not raw_line.strip():
                             continue
-                        line_index += 1
-                        if line_index % world_size != rank:
+                        try:
+                            line = raw_line.decode("utf-8")
+                        except UnicodeDecodeError:
+                            # rank by line position: a record we cannot read has no id to hash
+                            if line_no % world_size == rank:
+                                reject(path, line_no, "invalid_utf8", raw_line.decode("utf-8", "replace").rstrip("\n"))
                             continue
                         rec, reason = self._parse(line)
-                        if reason:
-                            self.stat_update("rejected", f"rejected_{reason}")
-                            rejected.write(json.dumps({"file": path, "line": line_no, "reason": reason,
-                                                       "raw": line.rstrip("\n")[:2000]}) + "\n")
+                        doc_id = (str(rec.get("id")) if rec and rec.get("id") not in (None, "")
+                                  else hashlib.sha1(line.encode()).hexdigest()[:16])
+                        owner = self._rank_of(doc_id, world_size) if rec else line_no % world_size
+                        if owner != rank:
                             continue
+                        if reason:
+                            reject(path, line_no, reason, line.rstrip("\n"))
+                            continue
+                        if doc_id in seen:
+                            reject(path, line_no, "duplicate_id", line.rstrip("\n"))
+                            continue
+                        seen.add(doc_id)
                         words = rec["text"].split()
                         text = " ".join(words[: self.max_words]) if len(words) > self.max_words else rec["text"]
-                        doc_id = str(rec.get("id") or hashlib.sha1(line.encode()).hexdigest()[:16])
                         source = str(rec.get("source") or Path(path).stem)
                         self.stat_update("read", f"read_{source}")
                         if len(words) > self.max_words:
