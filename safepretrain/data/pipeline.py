@@ -15,7 +15,9 @@ data/
 
 from __future__ import annotations
 
+import json
 import random
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +101,46 @@ def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> l
     ]
 
 
-def run_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> None:
+def _executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
-    executor = LocalPipelineExecutor(
+    class InProcessExecutor(LocalPipelineExecutor):
+        """LocalPipelineExecutor that runs `workers=1` ranks in this process without a multiprocess Manager.
+
+        datatrove's executor always starts a Manager server process; a `kill -9` of the study left it orphaned
+        (~600 MB) with a /tmp/pymp-* folder. Sequential ranks need no Manager. With workers > 1 the parent
+        class runs a Pool as usual."""
+
+        def run(self):
+            if self.workers != 1:
+                return super().run()
+            self._launched = True
+            ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
+            if ranks:
+                self.save_executor_as_json()
+            pipeline = self.pipeline
+            for rank in ranks:
+                self.pipeline = deepcopy(pipeline)
+                self._run_for_rank(rank, 0)
+            self.pipeline = pipeline
+
+    return InProcessExecutor
+
+
+def merge_rank_stats(logging_dir: Path) -> dict:
+    """`stats.json` = the sum of every finished rank's stats, so a resumed stage counts all documents, not
+    only those of its last invocation (datatrove writes the sum of the ranks run by one invocation)."""
+    from datatrove.utils.stats import PipelineStats
+
+    total = sum((PipelineStats.from_json(json.loads(p.read_text()))
+                 for p in sorted((logging_dir / "stats").glob("*.json"))), start=PipelineStats())
+    with open(logging_dir / "stats.json", "w") as f:
+        total.save_to_disk(f)
+    return json.loads((logging_dir / "stats.json").read_text())
+
+
+def run_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> None:
+    executor = _executor_class()(
         pipeline=build_pipeline(cfg, input_files, folder),
         tasks=cfg.data.tasks,
         workers=cfg.data.workers,
@@ -110,6 +148,7 @@ def run_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> Non
         start_method="spawn",
     )
     executor.run()
+    merge_rank_stats(folder / "logs")
 
 
 def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
