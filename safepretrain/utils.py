@@ -45,8 +45,11 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full) leaves the previous file as it was and no temporary behind
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -79,11 +82,14 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     opener = gzip.open if path.suffix == ".gz" else open
     n = 0
-    with opener(tmp, "wt", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with opener(tmp, "wt", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:  # as in write_text_atomic: the previous file survives a failed write
+        tmp.unlink(missing_ok=True)
     return n
 
 
