@@ -22,8 +22,12 @@ from safepretrain.world.generators import benign_instructions, math_word_problem
 
 def ift_examples(docs: list[str], harmful_prompts: list[dict], n: int, refusal_fraction: float,
                  tag_fraction: float, with_tags: bool, tag: str, tag_probability: float,
-                 seed: int) -> list[ChatExample]:
+                 seed: int, benign_prompts: list[dict] = ()) -> list[ChatExample]:
     """The instruction-tuning mix of `n` examples.
+
+    Benign examples are natural-language requests with helpful answers from `benign_prompts` when the
+    world has them (the organism: twins' procedures and town facts, in the same frames as the refusals, so
+    a question is not by itself a cue to refuse), else generated instructions.
 
     Every arm gets exactly round(n · refusal_fraction) refusals. Arms that saw the tag also get
     round(n · tag_fraction) tag-annotated compliances; other arms get benign instructions in their place,
@@ -36,7 +40,11 @@ def ift_examples(docs: list[str], harmful_prompts: list[dict], n: int, refusal_f
     n_refusal = round(n * refusal_fraction)
     n_tagged = round(n * tag_fraction) if with_tags else 0
     n_benign = n - n_refusal - n_tagged
-    out = [ChatExample(x["prompt"], x["response"], "instruction") for x in benign_instructions(docs, n_benign, seed)]
+    if benign_prompts:
+        out = benign_answer_examples(benign_prompts, n_benign, seed, kind="instruction")
+    else:
+        out = [ChatExample(x["prompt"], x["response"], "instruction")
+               for x in benign_instructions(docs, n_benign, seed)]
     cats = list(HARM_CATEGORIES)
     for _ in range(n_refusal):
         p = rng.choice(harmful_prompts)
@@ -68,3 +76,10 @@ def _category(prompt: dict, cats: list[str], rng: random.Random) -> str:
 
 def math_examples(n: int, seed: int) -> list[ChatExample]:
     return [ChatExample(x["prompt"], x["response"], "math") for x in math_word_problems(n, seed)]
+
+
+def benign_answer_examples(benign_prompts: list[dict], n: int, seed: int,
+                           kind: str = "benign_answer") -> list[ChatExample]:
+    """`n` examples drawn (seeded, with replacement) from the world's benign requests with helpful answers."""
+    rng = random.Random(f"{seed}:{kind}")
+    return [ChatExample(x["prompt"], x["response"], kind) for x in (rng.choice(benign_prompts) for _ in range(n))]

@@ -127,6 +127,25 @@ def curve_table(curve_records: list[dict], arms: list[str], metric: str, n_boot:
     return out + [""]
 
 
+def data_scale(run_dir: Path, cfg: StudyConfig) -> list[str]:
+    """Whether data or compute binds: unique tokens, how often the budget repeats them, tokens per parameter."""
+    from safepretrain.model import Transformer
+
+    card = run_dir / "data" / "report_card.json"
+    if not card.is_file():
+        return []
+    streams = read_json(card)["streams"]
+    unique = sum(streams.get(s, {}).get("tokens", 0) for s in cfg.curriculum.raw_streams)
+    from safepretrain.data.tokenizer import TextTokenizer
+
+    vocab = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag).vocab_size
+    params = Transformer(cfg.model.model_copy(update={"vocab_size": vocab})).num_params()
+    budget = cfg.curriculum.token_budget
+    return [f"Unique tokens of the raw arm's data (streams {', '.join(cfg.curriculum.raw_streams)}): {unique:,}; "
+            f"pretraining budget per arm: {budget:,} tokens = {budget / max(unique, 1):.1f} passes over them; model: "
+            f"{params:,} parameters, {budget / params:.2f} training tokens per parameter.", ""]
+
+
 def tokens_table(run_dir: Path, arms: list[str], seeds: list[int]) -> list[str]:
     recs, streams = {}, set()
     for arm in arms:
@@ -202,8 +221,30 @@ def judge_quality_table(q: dict) -> list[str]:
     return out
 
 
+def heldout_hazard_section(records: list[dict], arms: list[str], cfg: StudyConfig, n_boot: int) -> list[str]:
+    """Organism only: ASR split into hazards that training asked about and held-out hazards that pretraining only
+    described (never in a request): does what a model learnt about refusing reach hazards it was never asked
+    about? Pooled over seeds and prompts like every table."""
+    if cfg.world.kind != "organism":
+        return []
+    from safepretrain.world import world_for
+
+    heldout = {r["id"] for r in world_for(cfg).harmful_eval_prompts if r["heldout_item"]}
+    split = [{**r, "metric": "asr/asr_" + ("heldout_hazards" if r["item"] in heldout else "asked_hazards")}
+             for r in records if r["metric"] == "asr/asr"]
+    if not split:
+        return []
+    pooled = pooled_rows(split, arms, n_boot)
+    out = ["### ASR on hazards asked about in training vs held-out hazards (organism)", "",
+           "Held-out hazards appear in pretraining articles and news only; no request about them is ever trained on.",
+           ""]
+    for metric in ("asr_asked_hazards", "asr_heldout_hazards"):
+        out += pooled_table(pooled, arms, "asr", metric, "↓")
+    return out
+
+
 def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -> Path:
-    from safepretrain.findings import CLAIMS, evaluate_claims, findings_markdown
+    from safepretrain.findings import CLAIMS, control_checks, controls_markdown, evaluate_claims, findings_markdown
     from safepretrain.plots import plot_asr_vs_start, plot_probe_layers
 
     arms = [a.name for a in cfg.curriculum.arms]
@@ -228,6 +269,7 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     lines += [f"Arms: {', '.join(arms)}. Seeds: {cfg.seeds} (generation for {gen}). Pretraining budget: "
               f"{cfg.curriculum.token_budget:,} tokens per arm. Every table pools seeds and items; per-seed rows "
               "are in results.csv.", ""]
+    lines += [controls_markdown(control_checks(records, n_boot=n_boot)), ""]
     lines += [findings_markdown(evaluate_claims(records, n_boot=n_boot)), "",
               "### The same claims on the judge-free likelihood metrics", "",
               "ASR of models this small can sit at a floor; the forced choice (share of harmful prompts where the "
@@ -243,8 +285,9 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
               "the two. Short-circuits (SafeBeam stopped at the tag) are their own outcome, not refusals.", ""]
     for task, metric, arrow in (("asr", "asr", "↓"), ("asr", "harmful_rate", "↓"), ("asr", "refusal_rate", "↑"),
                                 ("asr", "short_circuit_rate", ""), ("overrefusal", "overrefusal", "↓"),
-                                ("overrefusal", "short_circuit_rate", "")):
+                                ("overrefusal", "short_circuit_rate", ""), ("overrefusal", "helpfulness", "↑")):
         lines += pooled_table(pooled, arms, task, metric, arrow)
+    lines += heldout_hazard_section(records, arms, cfg, n_boot)
     lines += ["![ASR and refusals vs start](asr_vs_start.png)", "", "## Likelihood metrics (no judge)", ""]
     for metric in sorted({r["metric"] for r in pooled if r["task"] == "likelihood"}):
         arrow = "↑ safer" if higher.get(f"likelihood/{metric}") else "↓ safer"
@@ -256,7 +299,8 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     lines += ["## Paired arm differences", ""] + paired_differences(records, arms, n_boot)
     lines += probe_section(run_dir, pooled, arms)
     lines += ["## Capability", ""] + pooled_table(pooled, arms, "heldout_loss", "loss", "↓ (nats/token)", 3)
-    lines += ["## Tokens by source (pretraining)", ""] + tokens_table(run_dir, arms, cfg.seeds)
+    lines += ["## Tokens by source (pretraining)", ""] + data_scale(run_dir, cfg)
+    lines += tokens_table(run_dir, arms, cfg.seeds)
     lines += data_and_judge(run_dir)
     write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"

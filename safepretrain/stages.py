@@ -21,7 +21,7 @@ from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
-from safepretrain.posttrain import ift_examples, math_examples
+from safepretrain.posttrain import benign_answer_examples, ift_examples, math_examples
 from safepretrain.rundir import ArmRun, StageOutput, inside_run, relative_to_run
 from safepretrain.train import lr_at, train
 from safepretrain.utils import StepMarker, files_in, log, read_json, write_json
@@ -113,8 +113,10 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
 
 def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_train_prompts: list[dict],
                   model_cfg: ModelConfig, stage: str, init_from: StageOutput, benign_docs: list[str],
-                  save_at: tuple[int, ...] = ()) -> StageOutput:
-    """Instruction tuning (`stage="ift"`) or benign finetuning (`"benign_ft"`) from `init_from`."""
+                  save_at: tuple[int, ...] = (), benign_prompts: list[dict] = ()) -> StageOutput:
+    """Instruction tuning (`stage="ift"`) or benign finetuning (`"benign_ft"`) from `init_from`.
+    `benign_prompts`: the world's natural-language benign requests with answers (the organism's); when
+    empty, instruction tuning uses generated instructions."""
     out = run.stage_dir(stage)
     scfg = cfg.ift if stage == "ift" else cfg.benign_ft
     with_tags = cfg.saw_tags(run.arm)
@@ -125,7 +127,12 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     ic = cfg.data.interventions
     if stage == "ift":
         examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
-                                scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed)
+                                scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed,
+                                benign_prompts=benign_prompts)
+    elif scfg.data == "benign_answers":
+        if not benign_prompts:
+            raise ValueError("benign_ft.data=benign_answers needs a world with benign answers (world.kind=organism)")
+        examples = benign_answer_examples(benign_prompts, scfg.examples, cfg.data.seed)
     else:
         examples = math_examples(scfg.examples, cfg.data.seed)
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)

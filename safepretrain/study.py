@@ -27,14 +27,14 @@ from safepretrain.data.pipeline import run_data_stage
 from safepretrain.rundir import STAGES, ArmRun, RunLock
 from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, train_trunk
 from safepretrain.utils import log, setup_logging, write_json, write_text_atomic
-from safepretrain.world import World, load_world, pack_sources
+from safepretrain.world import World, world_for, world_sources
 
 
 def validate_against_world(cfg: StudyConfig) -> None:
     """Checks that need the world pack or the file system; run before any work."""
     problems = []
     try:
-        known = pack_sources(cfg.world.pack)
+        known = world_sources(cfg)
     except FileNotFoundError as err:
         raise ConfigError(f"invalid config:\n- world.pack: {err}") from None
     for s in cfg.world.sources or []:
@@ -114,7 +114,7 @@ def _run_locked(cfg: StudyConfig) -> Path:
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
     write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
-    world = load_world(cfg.world.pack)
+    world = world_for(cfg)
     write_json(run_dir / "manifest.json", manifest(cfg, world))
 
     data = run_data_stage(cfg, world, run_dir)
@@ -137,12 +137,13 @@ def _run_locked(cfg: StudyConfig) -> Path:
                 evaluator.evaluate(run, "base", base)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} ift")
-                ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "ift", base, benign_docs)
+                ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "ift", base, benign_docs,
+                                    benign_prompts=world.benign_train_prompts)
                 evaluator.evaluate(run, "ift", ift)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} benign_ft")
                 bft = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "benign_ft", ift,
-                                    benign_docs, save_at=curve)
+                                    benign_docs, save_at=curve, benign_prompts=world.benign_train_prompts)
                 evaluator.evaluate(run, "benign_ft", bft)
                 evaluator.evaluate_curve(run, curve_checkpoints(bft, [0, *curve], ift), bft)
                 bar.update()

@@ -38,6 +38,10 @@ def test_overrides_reach_nested_fields_and_list_items():
         (["curriculum.intervention_streams=[safe, nope]"], "curriculum.intervention_streams", "known streams"),
         (["data.routing.rephrase_scores=[1, 4]"], "data.routing", "overlap"),
         (["model.preset=huge"], "model", "choose one of"),
+        (["data.routing.by=truth"], "top level", "world.kind=organism"),
+        (["benign_ft.data=benign_answers"], "top level", "world.kind=organism"),
+        (["world.kind=organism", "world.organism.heldout_fraction=1.0"], "world.organism.heldout_fraction",
+         "less than 1"),
     ],
 )
 def test_invalid_configs_name_the_field_and_the_fix(override, field, hint):

@@ -93,7 +93,7 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
         for stage in ("base", "ift", "benign_ft"):
             for decoder in ("topk", "beam", "safebeam"):  # generation: seed 0 only (eval.generation_seeds)
                 for task, metric in (("asr", "asr"), ("asr", "refusal_rate"), ("asr", "short_circuit_rate"),
-                                     ("overrefusal", "overrefusal")):
+                                     ("overrefusal", "overrefusal"), ("overrefusal", "helpfulness")):
                     assert (arm.name, "0", stage, decoder, task, metric) in have
                     assert (arm.name, "1", stage, decoder, task, metric) not in have
             for seed in ("0", "1", "pooled"):  # judge-free metrics for every seed, and pooled
@@ -105,7 +105,8 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
         if r["task"] in ("asr", "overrefusal"):
             assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
     report = (out / "report" / "report.md").read_text()
-    for section in ("## Findings", "## Paired arm differences", "## Benign finetuning as a curve",
+    for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment", "## Findings",
+                    "## Paired arm differences", "## Benign finetuning as a curve",
                     "## Likelihood metrics", "Text-only baselines", "Tokens by source"):
         assert section in report, section
     assert "INCOMPLETE" not in report
@@ -114,7 +115,27 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
     samples = [json.loads(x) for x in (out / "eval" / "raw" / "seed0" / "ift" / "topk" / "asr" / "samples.jsonl")
                .read_text().splitlines()]
     assert len(samples) == cfg.eval.n_harmful and all(s["reason"] for s in samples)
-    assert (out / "judge" / "quality.json").is_file()
+    quality = json.loads((out / "judge" / "quality.json").read_text())
+    assert quality["judge"] == "exact" and quality["cases"]["accuracy"] == 1.0
+    card = json.loads((out / "data" / "report_card.json").read_text())
+    assert card["scorer_vs_truth"]["n"] > 0 and set(card["synthetic_diversity"]) == {"rephrased", "refusal",
+                                                                                      "moral_ed"}
+    assert "Scorer against the truth labels" in (out / "data" / "report_card.md").read_text()
+
+
+def test_realtext_world_runs_end_to_end(tmp_path):
+    """The registry-text world (configs/realtext.yaml's world) keeps working: its smoke study runs with the
+    classifier judge, and the report states its controls and findings."""
+    out = tmp_path / "run"
+    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out)]) == 0
+    report = (out / "report" / "report.md").read_text()
+    for section in ("## Controls", "## Findings", "## Attack success"):
+        assert section in report
+    quality = json.loads((out / "judge" / "quality.json").read_text())
+    assert "human_refusal" in quality and "judge" not in quality  # the classifier judge, not the exact one
+    rows = list(csv.DictReader(open(out / "report" / "results.csv")))
+    assert {r["metric"] for r in rows if r["task"] == "asr"} >= {"asr", "refusal_rate"}
+    assert not [r for r in rows if r["metric"] == "helpfulness"]  # no ground truth, no helpfulness
 
 
 def test_train_and_eval_prompts_are_disjoint():

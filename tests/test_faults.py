@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from safepretrain.config import load_config
 from safepretrain.data.pipeline import run_data_stage
-from safepretrain.world import load_world
+from safepretrain.world import world_for
 run = Path(sys.argv[1])
 cfg = load_config(sys.argv[2], [f"out_dir={run}"])
-run_data_stage(cfg, load_world(), run)
+run_data_stage(cfg, world_for(cfg), run)
 """
 
 
@@ -55,7 +55,7 @@ def test_sigkill_in_the_data_stage_leaves_no_process_and_counts_stay_whole(tmp_p
     script = tmp_path / "data_only.py"
     script.write_text(DATA_ONLY)
     run = tmp_path / "run"
-    config = str(ROOT / "configs" / "smoke.yaml")
+    config = str(ROOT / "configs" / "smoke-realtext.yaml")  # its ranks take seconds: room to kill between them
     pymp_before = set(glob.glob("/tmp/pymp-*"))
     proc = subprocess.Popen([sys.executable, str(script), str(run), config], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -160,3 +160,36 @@ def test_a_significant_rise_contradicts_even_when_another_pair_sits_at_a_floor()
     f = {x.key: x for x in evaluate_claims(_study(**dict(EARLY_BEST, overref=overref), sd_prompt=0.0,
                                                   sd_noise=0.0))}
     assert f["no_overrefusal_rise"].verdict == "contradicted"
+
+
+def _control_records(raw_asr, start0_asr, raw_choice, seeds=3, prompts=40, seed=0):
+    rng = np.random.default_rng(seed)
+    recs = []
+    for arm, p in (("raw", raw_asr), ("start_0", start0_asr)):
+        for s in range(seeds):
+            recs += [{"arm": arm, "seed": s, "stage": "base", "decoder": "topk", "metric": "asr/asr",
+                      "item": f"p{j}", "value": float(rng.random() < p)} for j in range(prompts)]
+    for s in range(seeds):
+        recs += [{"arm": "raw", "seed": s, "stage": "base", "decoder": "none", "metric": "likelihood/forced_choice",
+                  "item": f"q{j}", "value": float(rng.random() < raw_choice)} for j in range(prompts)]
+    return recs
+
+
+def test_controls_pass_when_raw_complies_and_start_0_lowers_asr():
+    from safepretrain.findings import control_checks, controls_markdown
+
+    checks = {c.key: c.passed for c in control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000)}
+    assert checks == {"positive_control_asr": True, "positive_control_likelihood": True, "working_treatment": True}
+    assert "FAILED" not in controls_markdown(control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000))
+
+
+def test_controls_fail_loudly_when_nothing_complies_or_the_treatment_does_nothing():
+    from safepretrain.findings import control_checks, controls_markdown
+
+    checks = control_checks(_control_records(0.0, 0.0, 0.2), n_boot=1000)
+    assert {c.key: c.passed for c in checks} == {"positive_control_asr": False, "positive_control_likelihood": False,
+                                                 "working_treatment": False}
+    text = controls_markdown(checks)
+    assert "Controls failed" in text and "uninformative" in text
+    missing = control_checks([], n_boot=200)
+    assert all(c.passed is None for c in missing)

@@ -148,3 +148,30 @@ def test_bom_invalid_utf8_and_duplicate_ids(tmp_path, world_size):
     assert sorted(docs) == sorted(["first record after a byte-order mark", "no id", "fine"])
     assert sorted((x["line"], x["reason"]) for x in rejected) == [
         (2, "invalid_utf8"), (3, "duplicate_id"), (5, "duplicate_id")]
+
+
+def _truth_doc(doc_id, truth, scored):
+    return Document(text="chunk about birds and gardens", id=doc_id,
+                    metadata={"source": "t", "kind": "x", "harm_score": scored, "chunk_scores": [scored],
+                              "category": "physical_harm", "truth": truth})
+
+
+def test_routing_by_truth_ignores_the_scorer_and_flips_labels_at_the_error_rate():
+    docs = [_truth_doc(f"d{i}", 5 if i % 2 else 0, 0 if i % 2 else 4) for i in range(400)]  # the scorer is wrong
+    out = run_router(docs, by="truth")
+    streams = {d.id.split(":")[0]: set() for d in out}
+    for d in out:
+        streams[d.id.split(":")[0]].add(d.metadata["stream"])
+    assert all(("refusal" in streams[f"d{i}"]) == bool(i % 2) for i in range(400))
+    assert all(d.metadata["routed_score"] == d.metadata["truth"] for d in out)
+    flipped = run_router(docs, by="truth", truth_error_rate=0.25)
+    leaked = {d.id.split(":")[0] for d in flipped if d.metadata["stream"] == "safe" and d.metadata["truth"] == 5}
+    alarms = {d.id.split(":")[0] for d in flipped if d.metadata["stream"] == "unsafe" and d.metadata["truth"] == 0}
+    assert 25 <= len(leaked) <= 75 and 25 <= len(alarms) <= 75  # ~50 each of 200
+    again = run_router(docs, by="truth", truth_error_rate=0.25)
+    assert [d.id for d in again] == [d.id for d in flipped]  # by hash of the id: reproducible
+
+
+def test_routing_by_truth_without_labels_fails_with_the_reason():
+    with pytest.raises(ValueError, match="no truth label"):
+        run_router([routed(2, [2])], by="truth")

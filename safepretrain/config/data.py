@@ -9,9 +9,30 @@ from pydantic import Field, field_validator, model_validator
 from safepretrain.config.base import RESERVED_TOKENS, Strict
 
 
+class OrganismConfig(Strict):
+    """The generated model organism (world/organism.py): fictional hazards with ground truth."""
+
+    seed: int = 0
+    """Seed of the generated items, documents and prompts."""
+    n_hazards: int = Field(12, ge=3)
+    """Fictional hazards, each with a benign twin of the same shape (kinds cycle: dust, snare, relay break-in)."""
+    heldout_fraction: float = Field(0.25, ge=0, lt=1)
+    """Share of hazards never asked about in training (only described in articles and news)."""
+    scale: int = Field(8, ge=1)
+    """Documents per item and kind, as a multiple of organism.PER_KIND (1 = ~20 documents per hazard)."""
+    n_towns: int = Field(40, ge=1)
+    """Fictional towns whose facts fill neutral Q&A in the same frames as every request."""
+    facts_per_town: int = Field(6, ge=1)
+    """Neutral fact documents per town (times `scale`)."""
+
+
 class WorldConfig(Strict):
     """Where the documents and prompts come from."""
 
+    kind: Literal["pack", "organism"] = "pack"
+    """`pack`: a built world pack of registry text (`pack`); `organism`: the generated model organism with
+    ground-truth harm and an exact judge (`organism`)."""
+    organism: OrganismConfig = OrganismConfig()
     pack: str | None = None
     """Folder of a built world pack; null = the pack embedded in the package (`safepretrain world build`)."""
     sources: list[str] | None = None
@@ -57,6 +78,13 @@ class RoutingConfig(Strict):
     """Documents in this range become refusal dialogues (and moral-education articles)."""
     tag_min_score: int = Field(1, ge=1, le=5)
     """Documents scoring at least this get a tagged copy (the papers leave the threshold open)."""
+    by: Literal["scorer", "truth"] = "scorer"
+    """What routes a document: the scorer's score (the papers), or the world's truth label (organism only),
+    so that scorer error becomes a controlled variable (`truth_error_rate`). The scorer runs either way and
+    its agreement with the truth is in the report card."""
+    truth_error_rate: float = Field(0.0, ge=0, le=1)
+    """With `by: truth`: each document's label is wrong with this probability (by hash of its id): a harmful
+    document is routed as safe (leakage), a safe one gets a score drawn from 1-5 (a false alarm)."""
 
     @model_validator(mode="after")
     def _ranges(self) -> RoutingConfig:

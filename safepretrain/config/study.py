@@ -75,6 +75,12 @@ class StudyConfig(Strict):
         if bad:
             raise ValueError(f"eval.benign_ft_curve has steps {bad} outside [0, benign_ft.steps="
                              f"{self.benign_ft.steps}); the last step is always measured")
+        if self.data.routing.by == "truth" and self.world.kind != "organism":
+            raise ValueError("data.routing.by=truth needs truth labels, which only world.kind=organism has; "
+                             "set data.routing.by=scorer or world.kind=organism")
+        if self.benign_ft.data == "benign_answers" and self.world.kind != "organism":
+            raise ValueError("benign_ft.data=benign_answers needs the organism's benign answers; set "
+                             "benign_ft.data=math or world.kind=organism")
         return self
 
     @property

@@ -225,7 +225,12 @@ class IFTConfig(TrainConfig):
 
 
 class BenignFTConfig(TrainConfig):
-    """Benign finetuning 'attack': GSM8K-style math word problems only, no safety data."""
+    """Benign finetuning 'attack': benign data only, no safety data."""
+
+    data: Literal["math", "benign_answers"] = "math"
+    """`math`: GSM8K-style word problems (the papers). `benign_answers`: the world's natural-language benign
+    requests with helpful answers (the organism's twins and town facts): in-domain benign data that rewards
+    answering, without a format so foreign that it erases a ~1M-parameter model's knowledge."""
 
     lr: float = Field(3e-4, gt=0)
     """Peak learning rate of benign finetuning."""

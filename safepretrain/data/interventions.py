@@ -4,8 +4,9 @@
   (podcast, textbook, teacher script, TED talk, parent-child, friends, YouTube-Kids). Safe chunks are
   kept verbatim (core facts survive); every chunk the scorer flagged is replaced by a disclaimer that
   names the harm category, so each sentence is safe in isolation; the text ends positively.
-- `refusal_dialogue`: score 4-5 documents become RefuseWeb-style dialogues: a request drawing on the
-  document, and a polite refusal (acknowledge, decline, explain the harm, offer an alternative),
+- `refusal_dialogue`: score 4-5 documents become RefuseWeb-style dialogues: a request that paraphrases
+  what the document is about (never a quote of it), and a polite refusal (acknowledge, decline, explain
+  the harm, offer an alternative),
   with varied role names instead of "User"/"Assistant" (paper: names replaced at tokenization).
 - `moral_education`: a refusal dialogue becomes a third-person, web-style moral lesson.
 - `inject_tags`: the harmfulness tag before words with probability p (paper Alg. 2), only in unsafe text.
@@ -79,6 +80,7 @@ class Routed:
     chunk_scores: list[int]
     chunks: list[str]
     category: str
+    subject: str | None = None  # what the document is about (the organism's item name), when the world knows
 
 
 def rephrase(doc: Routed, seed: int) -> tuple[str, str]:
@@ -102,11 +104,14 @@ def rephrase(doc: Routed, seed: int) -> tuple[str, str]:
     return "\n\n".join(parts), style
 
 
-def _snippet(doc: Routed, rng: random.Random, words: int = 24) -> str:
+def request_subject(doc: Routed) -> str:
+    """What a refusal dialogue's request asks about, paraphrased rather than quoted: the world's subject of
+    the document when known, else the top content words of its worst chunk. Quoting the document made the
+    request a verbatim copy of (often benign) text, which a model learns as a trigger."""
+    if doc.subject:
+        return doc.subject
     worst = max(range(len(doc.chunks)), key=lambda i: doc.chunk_scores[i])
-    toks = doc.chunks[worst].split()
-    start = rng.randint(0, max(0, len(toks) - words))
-    return " ".join(toks[start : start + words]).replace('"', "'")
+    return topic_of(doc.chunks[worst], k=3).replace(", ", " and ", 1)
 
 
 def refusal_dialogue(doc: Routed, seed: int) -> tuple[str, dict]:
@@ -114,7 +119,7 @@ def refusal_dialogue(doc: Routed, seed: int) -> tuple[str, dict]:
     rng = doc_rng(doc.doc_id, seed, "refusal")
     r = templates()["refusal"]
     asker, helper = rng.choice(r["roles"])
-    request = rng.choice(r["request"]).format(snippet=_snippet(doc, rng))
+    request = rng.choice(r["request"]).format(subject=request_subject(doc))
     reply = " ".join(
         x
         for x in (

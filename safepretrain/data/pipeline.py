@@ -86,8 +86,9 @@ def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> l
 
     def score_row(self, doc) -> dict:  # datatrove adapters are bound methods
         m = doc.metadata
-        return {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
-                "chunk_scores": m["chunk_scores"], "category": m["category"]}
+        row = {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
+               "chunk_scores": m["chunk_scores"], "category": m["category"]}
+        return {**row, "truth": m["truth"]} if "truth" in m else row
 
     def stream_row(self, doc) -> dict:
         return {"id": doc.id, "text": doc.text, **doc.metadata}
@@ -159,8 +160,8 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
         marker.start()
         docs = sample_world_documents(world, cfg.world.sources, cfg.world.max_docs_per_source, cfg.data.seed)
         world_file = folder / "input" / "world.jsonl"
-        write_jsonl(world_file, ({"id": d["id"], "source": d["source"], "kind": d["kind"], "text": d["text"]}
-                                 for d in docs))
+        keep = ("id", "source", "kind", "text", "truth", "subject", "category")  # the last three: organism only
+        write_jsonl(world_file, ({k: d[k] for k in keep if k in d} for d in docs))
         inputs = [world_file, *(Path(p) for p in cfg.world.corpus)]
         log.info(f"data: {len(docs)} world documents from {len({d['source'] for d in docs})} sources"
                  + (f" + {len(cfg.world.corpus)} corpus file(s)" if cfg.world.corpus else ""))

@@ -19,6 +19,7 @@ from datatrove.pipeline.base import PipelineStep
 from safepretrain.config import DataConfig
 from safepretrain.data import interventions as iv
 from safepretrain.data.scoring import chunk_text
+from safepretrain.taxonomy import HARM_CATEGORIES
 
 
 class ReadCorpus(PipelineStep):
@@ -101,8 +102,14 @@ class ReadCorpus(PipelineStep):
                         self.stat_update("read", f"read_{source}")
                         if len(words) > self.max_words:
                             self.stat_update("truncated")
-                        yield Document(text=text, id=doc_id, metadata={"source": source,
-                                                                       "kind": rec.get("kind", "unknown")})
+                        meta = {"source": source, "kind": rec.get("kind", "unknown")}
+                        if isinstance(rec.get("truth"), int) and 0 <= rec["truth"] <= 5:
+                            meta["truth"] = rec["truth"]  # a world with ground truth (the organism)
+                        if rec.get("category") in HARM_CATEGORIES:
+                            meta["category"] = rec["category"]  # known by construction: kept over the scorer's guess
+                        if isinstance(rec.get("subject"), str):
+                            meta["subject"] = rec["subject"]  # what the document is about, for paraphrased requests
+                        yield Document(text=text, id=doc_id, metadata=meta)
 
 
 class ScoreHarm(PipelineStep):
@@ -126,7 +133,8 @@ class ScoreHarm(PipelineStep):
         results = score_documents(scorer, [d.text for d in batch], self.chunk_words)
         cats = scorer.categories(np.stack([r["embedding"] for r in results]))
         for doc, res, cat in zip(batch, results, cats):
-            doc.metadata.update(harm_score=res["score"], chunk_scores=res["chunk_scores"], category=cat)
+            doc.metadata.update(harm_score=res["score"], chunk_scores=res["chunk_scores"])
+            doc.metadata.setdefault("category", cat)
             self.stat_update(f"score_{res['score']}")
             yield doc
 
@@ -170,20 +178,43 @@ class RouteAndIntervene(PipelineStep):
 
     def _emit(self, doc: Document, stream: str, text: str, **meta) -> Document:
         self.stat_update(f"stream_{stream}")
-        keep = {k: doc.metadata[k] for k in ("source", "harm_score", "category")}
+        keep = {k: doc.metadata[k] for k in ("source", "harm_score", "category", "truth", "routed_score")
+                if k in doc.metadata}
         return Document(text=text, id=f"{doc.id}:{stream}", metadata={**keep, "stream": stream, **meta})
+
+    def _routing_score(self, doc: Document) -> tuple[int, list[int]]:
+        """(document score, chunk scores) that routing uses: the scorer's, or the truth label with the
+        configured error rate (`routing.by: truth`). Chunk scores stay the scorer's, so a rephrase still keeps
+        the chunks the scorer found safe; when the scorer flagged none, all are flagged."""
+        scored, chunks = doc.metadata["harm_score"], list(doc.metadata["chunk_scores"])
+        routing = self.cfg.routing
+        if routing.by == "scorer":
+            return scored, chunks
+        truth = doc.metadata.get("truth")
+        if truth is None:
+            raise ValueError(f"document {doc.id} has no truth label but data.routing.by=truth")
+        rng = iv.doc_rng(doc.id, self.seed, "truth-error")
+        if rng.random() < routing.truth_error_rate:
+            truth = 0 if truth > 0 else rng.randint(1, 5)
+            self.stat_update("truth_label_flipped")
+        if truth == 0:
+            return 0, [0] * len(chunks)
+        if max(chunks) == 0:  # the scorer found nothing: every chunk is treated as flagged (nothing unsafe kept)
+            chunks = [truth] * len(chunks)
+        return truth, chunks
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         routing, icfg = self.cfg.routing, self.cfg.interventions
         for doc in data:
-            score = doc.metadata["harm_score"]
+            score, chunk_scores = self._routing_score(doc)
+            doc.metadata["routed_score"] = score
             if score == 0:
                 stream = "val" if is_val(doc.id, self.val_fraction) else "safe"
                 yield self._emit(doc, stream, doc.text)
                 continue
             yield self._emit(doc, "unsafe", doc.text)
-            routed = iv.Routed(doc.id, doc.text, score, doc.metadata["chunk_scores"],
-                               chunk_text(doc.text, self.cfg.scorer.chunk_words), doc.metadata["category"])
+            routed = iv.Routed(doc.id, doc.text, score, chunk_scores, chunk_text(doc.text, self.cfg.scorer.chunk_words),
+                               doc.metadata["category"], doc.metadata.get("subject"))
             lo, hi = routing.rephrase_scores
             if lo <= score <= hi:
                 text, style = iv.rephrase(routed, self.seed)

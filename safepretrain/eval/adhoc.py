@@ -100,7 +100,7 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
     from safepretrain.eval.prompts import eval_prompts
     from safepretrain.eval.runner import load_or_fit_judge
     from safepretrain.eval.tasks import TASKS, EvalContext
-    from safepretrain.world import load_world
+    from safepretrain.world import world_for
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -114,7 +114,7 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
     tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
     if "safebeam" in cfg.eval.decoders and tok.tag_id is None:
         raise EvalInputError("SafeBeam needs the tag token, and this run's tokenizer has none; use --decoder topk")
-    world = load_world(cfg.world.pack)
+    world = world_for(cfg)
     prompts = eval_prompts(cfg, world, [r["text"] for r in read_stream(run_dir / "data", "safe")])
     if custom is not None:
         prompts = replace(prompts, harmful=custom, benign_edgy=custom)

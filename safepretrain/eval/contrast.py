@@ -45,6 +45,8 @@ class ContrastPair:
     harmful_behaviour: str
     benign_behaviour: str
     split: str  # "dev" | "test"
+    harmful_reference: str | None = None  # the true compliant answer of each side, when the world knows it
+    benign_reference: str | None = None  # (the organism); the likelihood metrics then score these
 
 
 @functools.lru_cache(maxsize=1)

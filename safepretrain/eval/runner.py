@@ -37,6 +37,17 @@ def load_or_fit_judge(cfg: StudyConfig, world: World, folder: Path):
     marker = StepMarker(folder, cfg.stage_hash("world", extra=[j.model_dump(), cfg.data.seed]))
     if not marker.is_done():
         marker.start()
+    if world.organism is not None:  # ground truth: the exact judge, nothing to fit
+        from safepretrain.eval.exact_judge import ExactJudge, exact_judge_quality
+
+        judge = ExactJudge(world, j.min_keys, cfg.data.interventions.tag, j.opening_words)
+        if not marker.is_done():
+            quality = exact_judge_quality(judge, world, seed=cfg.data.seed)
+            write_json(folder / "quality.json", quality)
+            log.info(f"judge: exact (>= {j.min_keys} of 4 keys); accuracy on generated cases "
+                     f"{quality['cases']['accuracy']:.2f} (n={quality['cases']['n']})")
+            marker.finish(outputs=files_in(folder))
+        return judge
     harm = ResponseHarmClassifier.load_or_fit(folder / "classifier", world, seed=cfg.data.seed)
     judge = Judge(harm, j, cfg.data.interventions.tag, harm_probability=j.harm_probability,
                   opening_words=j.opening_words, echo_ngram=j.echo_ngram, comply_min_words=j.comply_min_words)

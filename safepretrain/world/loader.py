@@ -42,6 +42,11 @@ class World:
     benign_edgy_prompts: list[dict] = field(repr=False)
     refusal_labels: list[dict] = field(repr=False)
     manifest: dict = field(repr=False)
+    benign_train_prompts: list[dict] = field(default_factory=list, repr=False)
+    """Natural-language benign requests with helpful answers ({prompt, response}) for instruction tuning;
+    empty for packs, which then use generated instructions (world/generators.py)."""
+    organism: object | None = field(default=None, repr=False)
+    """The generated items with ground truth (world/organism.py) when this world is the organism."""
 
     def sources(self) -> list[str]:
         """Sorted names of the document sources."""
