@@ -208,3 +208,17 @@ def test_a_corrupt_shard_is_detected_and_recomputed(smoke_run):
     assert "val.bin: checksum mismatch" in log
     assert hashlib.sha256(val.read_bytes()).hexdigest() == original
     assert log.count("] step ") == before  # the models were made from the same data: nothing retrained
+
+
+def test_a_report_with_an_unfinished_evaluation_says_so(smoke_run):
+    """`safepretrain report` on a run whose evaluation of one model has not finished (no done.json) prints the
+    INCOMPLETE banner naming that evaluation."""
+    import shutil
+
+    out, _ = smoke_run
+    copy = out.parent / "unfinished"
+    shutil.copytree(out, copy)
+    (copy / "eval" / "start_20" / "seed1" / "ift" / "done.json").unlink()
+    assert main(["report", str(copy)]) == 0
+    report = (copy / "report" / "report.md").read_text()
+    assert "**INCOMPLETE REPORT**: 1 evaluation(s)" in report and "start_20 seed 1 ift" in report
