@@ -2,4 +2,5 @@ import sys
 
 from safepretrain.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned data workers import this module again
+    sys.exit(main())

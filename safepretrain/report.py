@@ -23,7 +23,7 @@ from safepretrain.report_data import (
     missing_evaluations,
     pooled_rows,
 )
-from safepretrain.utils import read_json, write_text_atomic
+from safepretrain.utils import log, read_json, write_text_atomic
 
 STAGE_ORDER = ["base", "ift", "benign_ft"]
 DECODER_ORDER = ["topk", "beam", "safebeam", "none"]
@@ -249,6 +249,7 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
 
     arms = [a.name for a in cfg.curriculum.arms]
     n_boot = cfg.eval.bootstrap
+    log.info(f"report: {len(arms)} arms × {len(cfg.seeds)} seeds → {run_dir / 'report'}")
     rows = collect_rows(run_dir, arms)
     records = collect_records(run_dir, arms)
     pooled = pooled_rows(records, arms, n_boot)

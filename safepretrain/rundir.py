@@ -48,6 +48,9 @@ def check_run_dir(path: Path) -> None:
             f"{RUN_MARKER} marker); choose a new or empty folder. If it is a run made by an older "
             f"safepretrain, mark it with: touch {path / RUN_MARKER}")
     parent = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise RunDirError(f"--out {path}: {parent} is a file, so no folder can be made under it; choose another "
+                          "folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RunDirError(f"--out {path}: {parent} is not writable; choose a folder you can write to")
 
@@ -64,9 +67,13 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         check_run_dir(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / RUN_MARKER).touch()
-        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # root passes os.access on read-only mounts and /proc: the first write is the real test
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_MARKER).touch()
+            fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunDirError(f"--out {self.run_dir} cannot be written ({err.strerror}: {err.filename}); choose a "
+                              "folder you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

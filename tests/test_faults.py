@@ -1,11 +1,14 @@
-"""Faults injected into real processes: a SIGKILL in the data stage leaves nothing behind and loses nothing.
+"""Faults injected into real processes: a SIGKILL in any stage leaves nothing behind and loses nothing.
 
     python -m pytest tests/test_faults.py -q
 """
 
 import glob
+import gzip
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +26,10 @@ from pathlib import Path
 from safepretrain.config import load_config
 from safepretrain.data.pipeline import run_data_stage
 from safepretrain.world import world_for
-run = Path(sys.argv[1])
-cfg = load_config(sys.argv[2], [f"out_dir={run}"])
-run_data_stage(cfg, world_for(cfg), run)
+if __name__ == "__main__":  # data.workers > 1 spawns processes that import this file
+    run = Path(sys.argv[1])
+    cfg = load_config(sys.argv[2], [f"out_dir={run}", *sys.argv[3:]])
+    run_data_stage(cfg, world_for(cfg), run)
 """
 
 
@@ -51,29 +55,134 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigkill_in_the_data_stage_leaves_no_process_and_counts_stay_whole(tmp_path):
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whole(tmp_path):
+    """data.workers=2: killed while both Pool workers run a rank (one worker: the every-stage test below)."""
+    workers = 2
     script = tmp_path / "data_only.py"
     script.write_text(DATA_ONLY)
     run = tmp_path / "run"
-    config = str(ROOT / "configs" / "smoke-realtext.yaml")  # its ranks take seconds: room to kill between them
+    config = str(ROOT / "configs" / "smoke-realtext.yaml")  # its ranks take seconds: room to kill
+    command = [sys.executable, str(script), str(run), config, f"data.workers={workers}"]
     pymp_before = set(glob.glob("/tmp/pymp-*"))
-    proc = subprocess.Popen([sys.executable, str(script), str(run), config], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    first_rank = run / "data" / "logs" / "completions" / "00000"
-    deadline = time.time() + 300
-    while not first_rank.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first_rank.exists() and proc.poll() is None, "the data stage should be between its two ranks"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    completions = run / "data" / "logs" / "completions"
+    task_logs = [run / "data" / "logs" / "logs" / f"task_{r:05d}.log" for r in range(workers)]
+    _wait_for(lambda: all(p.exists() for p in task_logs), proc)  # every worker is inside its rank
+    assert all(p.exists() for p in task_logs)
+    assert proc.poll() is None and not (completions / "00001").exists(), "the kill should land mid-stage"
     children = _descendants(proc.pid)
+    assert len(children) >= workers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)
+    time.sleep(1.5)
     assert [c for c in children if _alive(c)] == []  # no orphaned datatrove manager or workers
     assert set(glob.glob("/tmp/pymp-*")) - pymp_before == set()
-    assert not (run / "data" / "logs" / "completions" / "00001").exists()
 
-    subprocess.run([sys.executable, str(script), str(run), config], check=True, capture_output=True, timeout=600)
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
     stats = json.loads((run / "data" / "logs" / "stats.json").read_text())
     reader = next(s for s in stats if "read corpus" in s["name"])
     documents = sum(1 for line in (run / "data" / "input" / "world.jsonl").read_text().splitlines() if line)
     assert reader["stats"]["read"]["total"] == documents  # both ranks, not only the resumed one
+
+
+# A reduced smoke study (one seed; raw, and two arms sharing the safe-only trunk): every stage in ~40 s.
+REDUCED = ["seeds=[0]", "curriculum.arms=[{name: raw, data: raw}, {name: start_20, start: 0.2}, "
+           "{name: safe_only, start: 1.0}]"]
+
+# (stage, what shows the study is inside it, seconds to wait after that before the kill)
+KILL_POINTS = [
+    ("data", "scorer: fitting", 0.5),
+    ("pretrain (trunk)", r"\[pretrain trunk s0\] step 00025/", 0.0),  # past its step-20 checkpoint
+    ("pretrain (arm)", r"\[pretrain raw s0\] step 00030/", 0.0),
+    ("evaluation", "eval/raw/seed0/base/.config_hash", 0.5),  # a file: the eval step has started
+    ("instruction tuning", r"\[ift raw s0\] step 00005/", 0.0),
+    ("benign finetuning", r"\[benign_ft raw s0\] step 00003/", 0.0),
+    ("report", r"report: \d+ arms", 0.2),
+]
+
+
+def _study(run: Path) -> list[str]:
+    return [sys.executable, "-m", "safepretrain", "study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(run),
+            *REDUCED]
+
+
+def _kill_in(stage: str, run: Path, sign: str, delay: float) -> None:
+    """Start a study on `run`, wait until `sign` (a regex on the new part of study.log, or a file) shows it is
+    in the stage, and kill -9 it there."""
+    log = run / "study.log"
+    seen = log.stat().st_size if log.exists() else 0
+
+    def inside() -> bool:
+        if "/" in sign and not sign.startswith("\\"):
+            return (run / sign).exists()
+        if not log.exists():
+            return False
+        with open(log, "rb") as f:
+            f.seek(seen)
+            return re.search(sign, f.read().decode(errors="replace")) is not None
+
+    proc = subprocess.Popen(_study(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_for(inside, proc)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the study ended before the kill in: {stage}"
+    children = _descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the study alone, not its process group: nothing may outlive it
+    proc.wait()
+    time.sleep(0.5)
+    assert [c for c in children if _alive(c)] == [], f"processes outlived the study killed in: {stage}"
+
+
+def _content(path: Path) -> str:
+    """A file's content hash, leaving out what legitimately differs between two runs: a gzip header's time
+    stamp and an evaluation's wall seconds."""
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(path.read_bytes())
+    elif path.name == "results.json":
+        data = json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "seconds"}).encode()
+    else:
+        data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _outputs(run: Path) -> dict[str, str]:
+    """What a finished study produced: tables, samples, streams, shards, tokenizer, weights."""
+    kept = ("report/results.csv", "samples.jsonl", "results.json", ".bin", ".jsonl.gz", "model.safetensors",
+            "tokenizer.json", "report_card.json")
+    return {str(p.relative_to(run)): _content(p) for p in sorted(run.rglob("*"))
+            if p.is_file() and str(p.relative_to(run)).endswith(kept)}
+
+
+def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_path):
+    """A study killed once in each stage (data, trunk and arm pretraining, evaluation, instruction tuning,
+    benign finetuning, report), resumed after every kill, leaves no process behind and ends with exactly the
+    outputs of a study that was never killed: the same documents in every stream, the same weights, samples
+    and results, and no step logged twice or missing."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_study(reference), check=True, capture_output=True, timeout=600)
+    pymp_before = set(glob.glob("/tmp/pymp-*"))
+    for stage, sign, delay in KILL_POINTS:
+        _kill_in(stage, killed, sign, delay)
+    assert set(glob.glob("/tmp/pymp-*")) - pymp_before == set()  # no multiprocess leftovers
+    subprocess.run(_study(killed), check=True, capture_output=True, timeout=600)
+
+    expected, got = _outputs(reference), _outputs(killed)
+    assert len(expected) > 40 and any(k.endswith("model.safetensors") for k in expected)
+    assert sorted(got) == sorted(expected)  # no output missing or extra
+    assert {k for k in expected if got[k] != expected[k]} == set()  # and every one identical
+    stats = json.loads((killed / "data" / "logs" / "stats.json").read_text())
+    reader = next(s for s in stats if "read corpus" in s["name"])
+    assert reader["stats"]["read"]["total"] == sum(1 for _ in open(killed / "data" / "input" / "world.jsonl"))
+    for metrics in killed.glob("arms/*/seed0/*/metrics.jsonl"):
+        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)), metrics  # each step once, none missing
+        ref = reference / metrics.relative_to(killed)
+        assert [json.loads(x)["loss"] for x in metrics.read_text().splitlines()] == \
+               [json.loads(x)["loss"] for x in ref.read_text().splitlines()]
+    log = (killed / "study.log").read_text()
+    assert log.count("study done in") == 1 and "INCOMPLETE" not in (killed / "report" / "report.md").read_text()

@@ -3,6 +3,7 @@
     python -m pytest tests/test_rundir.py -q
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,25 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
         check_run_dir(f)
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder / "run"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only", "proc"])
+def test_unwritable_out_is_refused_with_a_message_not_a_traceback(tmp_path, capsys, where):
+    if where == "read_only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "file").write_text("x")
+    out = {"under_a_file": tmp_path / "file" / "run", "read_only": _read_only_folder(tmp_path),
+           "proc": Path("/proc/safepretrain-no-such-process/run")}[where]  # /proc refuses even root
+    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and "choose" in err and "Traceback" not in err
 
 
 def test_empty_or_marked_folders_are_accepted(tmp_path):

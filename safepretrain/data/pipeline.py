@@ -16,6 +16,7 @@ data/
 from __future__ import annotations
 
 import json
+import os
 import random
 from copy import deepcopy
 from dataclasses import dataclass
@@ -102,28 +103,54 @@ def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> l
     ]
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: the kernel kills this worker when the study process dies (Linux PR_SET_PDEATHSIG),
+    so a `kill -9` of the study leaves no worker running on alone."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers then end when they next find the pipe closed
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
     class InProcessExecutor(LocalPipelineExecutor):
-        """LocalPipelineExecutor that runs `workers=1` ranks in this process without a multiprocess Manager.
+        """LocalPipelineExecutor whose ranks leave nothing behind when the study is killed.
 
-        datatrove's executor always starts a Manager server process; a `kill -9` of the study left it orphaned
-        (~600 MB) with a /tmp/pymp-* folder. Sequential ranks need no Manager. With workers > 1 the parent
-        class runs a Pool as usual."""
+        datatrove's executor always starts a multiprocess Manager server; a `kill -9` of the study left it
+        orphaned (~600 MB) with a /tmp/pymp-* folder, and with `workers > 1` its Pool workers ran on too.
+        Here `workers=1` runs the ranks in this process, and `workers > 1` runs them in a Pool of workers
+        that die with the study (`_die_with_parent`); neither needs a Manager."""
 
         def run(self):
-            if self.workers != 1:
-                return super().run()
             self._launched = True
             ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
-            if ranks:
-                self.save_executor_as_json()
-            pipeline = self.pipeline
-            for rank in ranks:
-                self.pipeline = deepcopy(pipeline)
-                self._run_for_rank(rank, 0)
-            self.pipeline = pipeline
+            if not ranks:
+                return
+            self.save_executor_as_json()
+            if self.workers == 1:
+                pipeline = self.pipeline
+                for rank in ranks:
+                    self.pipeline = deepcopy(pipeline)
+                    self._run_for_rank(rank, 0)
+                self.pipeline = pipeline
+                return
+            import multiprocess
+
+            ctx = multiprocess.get_context(self.start_method)
+            workers = min(self.workers, len(ranks)) if self.workers > 0 else len(ranks)
+            with ctx.Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                # local rank 0 (the one datatrove lets log to the console) goes to the first rank only
+                list(pool.imap_unordered(self._run_rank_star, [(r, int(i > 0)) for i, r in enumerate(ranks)]))
+
+        def _run_rank_star(self, rank_and_local: tuple[int, int]):
+            return self._run_for_rank(*rank_and_local)
 
     return InProcessExecutor
 

@@ -82,7 +82,8 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         "scorer": scorer_metrics,
         "scorer_vs_truth": scorer_vs_truth(rows),
         "synthetic_diversity": stream_diversity(folder),
-        "datatrove_stats": str(datatrove_stats) if datatrove_stats.exists() else None,
+        # relative to the data folder, like every stored path, so a copied run points at its own file
+        "datatrove_stats": str(datatrove_stats.relative_to(folder)) if datatrove_stats.exists() else None,
     }
     write_json(folder / "report_card.json", card)
     write_text_atomic(folder / "report_card.md", to_markdown(card))
