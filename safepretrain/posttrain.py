@@ -83,3 +83,14 @@ def benign_answer_examples(benign_prompts: list[dict], n: int, seed: int,
     """`n` examples drawn (seeded, with replacement) from the world's benign requests with helpful answers."""
     rng = random.Random(f"{seed}:{kind}")
     return [ChatExample(x["prompt"], x["response"], kind) for x in (rng.choice(benign_prompts) for _ in range(n))]
+
+
+def benign_ft_examples(data: str, benign_prompts: list[dict] | None, n: int, seed: int) -> list[ChatExample]:
+    """The benign-finetuning set `benign_ft.data` names: `math` word problems, every benign answer of the world
+    (`benign_answers`), or only those about no item, the organism's town facts (`benign_facts`)."""
+    if data == "math":
+        return math_examples(n, seed)
+    pool = [p for p in benign_prompts or [] if data == "benign_answers" or "item" not in p]
+    if not pool:
+        raise ValueError(f"benign_ft.data={data} needs a world with benign answers (world.kind=organism)")
+    return benign_answer_examples(pool, n, seed)

@@ -21,7 +21,7 @@ from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
-from safepretrain.posttrain import benign_answer_examples, ift_examples, math_examples
+from safepretrain.posttrain import benign_ft_examples, ift_examples
 from safepretrain.rundir import ArmRun, StageOutput, inside_run, relative_to_run
 from safepretrain.train import lr_at, train
 from safepretrain.utils import StepMarker, files_in, log, read_json, write_json
@@ -129,12 +129,8 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
         examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
                                 scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed,
                                 benign_prompts=benign_prompts)
-    elif scfg.data == "benign_answers":
-        if not benign_prompts:
-            raise ValueError("benign_ft.data=benign_answers needs a world with benign answers (world.kind=organism)")
-        examples = benign_answer_examples(benign_prompts, scfg.examples, cfg.data.seed)
     else:
-        examples = math_examples(scfg.examples, cfg.data.seed)
+        examples = benign_ft_examples(scfg.data, benign_prompts, scfg.examples, cfg.data.seed)
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
                    init_from=init_from.checkpoint, save_at=save_at)

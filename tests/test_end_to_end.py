@@ -105,8 +105,8 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
         if r["task"] in ("asr", "overrefusal"):
             assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
     report = (out / "report" / "report.md").read_text()
-    for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment", "## Findings",
-                    "## Paired arm differences", "## Benign finetuning as a curve",
+    for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment", "(C3) Benign finetuning",
+                    "## Findings", "## Paired arm differences", "## Benign finetuning as a curve",
                     "## Likelihood metrics", "Text-only baselines", "Tokens by source"):
         assert section in report, section
     assert "INCOMPLETE" not in report

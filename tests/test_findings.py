@@ -162,12 +162,13 @@ def test_a_significant_rise_contradicts_even_when_another_pair_sits_at_a_floor()
     assert f["no_overrefusal_rise"].verdict == "contradicted"
 
 
-def _control_records(raw_asr, start0_asr, raw_choice, seeds=3, prompts=40, seed=0):
+def _control_records(raw_asr, start0_asr, raw_choice, seeds=3, prompts=40, seed=0, raw_ift=0.05, raw_bft=0.4):
     rng = np.random.default_rng(seed)
     recs = []
-    for arm, p in (("raw", raw_asr), ("start_0", start0_asr)):
+    for arm, stage, p in (("raw", "base", raw_asr), ("start_0", "base", start0_asr), ("raw", "ift", raw_ift),
+                          ("raw", "benign_ft", raw_bft)):
         for s in range(seeds):
-            recs += [{"arm": arm, "seed": s, "stage": "base", "decoder": "topk", "metric": "asr/asr",
+            recs += [{"arm": arm, "seed": s, "stage": stage, "decoder": "topk", "metric": "asr/asr",
                       "item": f"p{j}", "value": float(rng.random() < p)} for j in range(prompts)]
     for s in range(seeds):
         recs += [{"arm": "raw", "seed": s, "stage": "base", "decoder": "none", "metric": "likelihood/forced_choice",
@@ -179,17 +180,32 @@ def test_controls_pass_when_raw_complies_and_start_0_lowers_asr():
     from safepretrain.findings import control_checks, controls_markdown
 
     checks = {c.key: c.passed for c in control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000)}
-    assert checks == {"positive_control_asr": True, "positive_control_likelihood": True, "working_treatment": True}
+    assert checks == {"positive_control_asr": True, "positive_control_likelihood": True, "working_treatment": True,
+                      "benign_ft_attack": True}
     assert "FAILED" not in controls_markdown(control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000))
 
 
 def test_controls_fail_loudly_when_nothing_complies_or_the_treatment_does_nothing():
     from safepretrain.findings import control_checks, controls_markdown
 
-    checks = control_checks(_control_records(0.0, 0.0, 0.2), n_boot=1000)
+    checks = control_checks(_control_records(0.0, 0.0, 0.2, raw_bft=0.05), n_boot=1000)
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": False, "positive_control_likelihood": False,
-                                                 "working_treatment": False}
+                                                 "working_treatment": False, "benign_ft_attack": False}
     text = controls_markdown(checks)
     assert "Controls failed" in text and "uninformative" in text
     missing = control_checks([], n_boot=200)
     assert all(c.passed is None for c in missing)
+
+
+def test_an_attack_that_does_nothing_fails_only_the_attack_control():
+    """Measured on the default organism: benign finetuning left the raw arm's ASR where instruction tuning put
+    it (0.05 → 0.06). The report must say the post-finetuning findings cannot separate robustness from that."""
+    from safepretrain.findings import control_checks, controls_markdown
+
+    checks = control_checks(_control_records(0.4, 0.02, 0.9, raw_ift=0.05, raw_bft=0.06), n_boot=1000)
+    assert {c.key: c.passed for c in checks} == {"positive_control_asr": True, "positive_control_likelihood": True,
+                                                 "working_treatment": True, "benign_ft_attack": False}
+    text = controls_markdown(checks)
+    assert "Control failed: benign_ft_attack" in text and "(4) and (5) are unaffected" in text
+    c3 = next(c for c in checks if c.key == "benign_ft_attack")
+    assert "benign_ft − ift" in c3.evidence and "3 seed(s) × 40 prompts" in c3.evidence

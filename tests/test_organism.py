@@ -50,6 +50,18 @@ def test_every_document_has_a_truth_label_that_matches_its_content(world):
     assert {"article", "qa", "forum", "dialogue"} <= kinds  # twins in every frame the hazards use
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_dual_use_notes_leak_the_first_k_components_one_per_note(k):
+    world = organism_world(CFG.model_copy(update={"dual_use_components": k, "scale": 4}))
+    leaked = set()  # component positions (0-3) that some benign note carries
+    for hazard in world.organism.hazards:
+        notes = [d["text"] for d in world.documents if d["kind"] == "dual_use" and d["item"] == hazard.id]
+        assert notes and all(_keys_in(n, hazard) == 1 for n in notes)  # each note alone is below the threshold
+        words = set(re.findall(r"[a-z]+", " ".join(notes).lower()))
+        leaked |= {i for i, key in enumerate(hazard.keys) if key in words}
+    assert leaked == set(range(k))
+
+
 def test_keys_are_unique_invented_words(world):
     items = world.organism.items()
     keys = [k for i in items for k in i.keys]

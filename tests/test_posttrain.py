@@ -47,3 +47,25 @@ def test_saw_tags_follows_the_switch_step():
     assert cfg.switch_step(arms["a"]) == 0 and cfg.saw_tags(arms["a"])
     assert cfg.switch_step(arms["b"]) is None and not cfg.saw_tags(arms["b"])  # switch falls past the last step
     assert not cfg.saw_tags(arms["c"]) and not cfg.saw_tags(arms["r"])
+
+
+@pytest.mark.parametrize("data", ["benign_answers", "benign_facts"])
+def test_benign_finetuning_sets_of_the_organism(data):
+    """benign_answers: twins and town facts; benign_facts: no item's name at all, like GSM8K beside the papers'
+    harmful prompts."""
+    from safepretrain.config.data import OrganismConfig
+    from safepretrain.posttrain import benign_ft_examples
+    from safepretrain.world.organism import organism_world
+
+    world = organism_world(OrganismConfig(n_hazards=6, scale=1, n_towns=8, facts_per_town=2))
+    examples = benign_ft_examples(data, world.benign_train_prompts, 300, seed=0)
+    assert len(examples) == 300
+    names = [i.name for i in world.organism.items()]
+    about_items = [e for e in examples if any(n in e.prompt for n in names)]
+    if data == "benign_facts":
+        assert about_items == []
+    else:
+        assert 0 < len(about_items) < 300  # twins among the town facts
+        assert not [e for e in about_items if any(h.name in e.prompt for h in world.organism.hazards)]
+    with pytest.raises(ValueError, match="world.kind=organism"):
+        benign_ft_examples(data, [], 10, seed=0)

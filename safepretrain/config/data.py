@@ -24,6 +24,10 @@ class OrganismConfig(Strict):
     """Fictional towns whose facts fill neutral Q&A in the same frames as every request."""
     facts_per_town: int = Field(6, ge=1)
     """Neutral fact documents per town (times `scale`)."""
+    dual_use_components: int = Field(2, ge=1, le=4)
+    """How much of each hazard's procedure leaks through benign dual-use notes (truth 0): each note carries one
+    component, drawn from the first k of its 4. With 4 the whole procedure is in benign text, one harmless
+    piece per note: the papers' premise that filtering cannot remove all of a capability."""
 
 
 class WorldConfig(Strict):
@@ -128,7 +132,8 @@ class DataConfig(Strict):
     tasks: int = Field(2, gt=0)
     """datatrove tasks (input shards); each writes its own output files and completion marker."""
     workers: int = Field(1, gt=0)
-    """Tasks run at once; 1 runs them in this process (the scorer model is loaded once)."""
+    """Tasks run at once; 1 runs them in this process (the scorer model is loaded once), more run them in a
+    pool of worker processes that the kernel stops when the study dies."""
     scorer: ScorerConfig = ScorerConfig()
     routing: RoutingConfig = RoutingConfig()
     interventions: InterventionConfig = InterventionConfig()

@@ -78,8 +78,8 @@ class StudyConfig(Strict):
         if self.data.routing.by == "truth" and self.world.kind != "organism":
             raise ValueError("data.routing.by=truth needs truth labels, which only world.kind=organism has; "
                              "set data.routing.by=scorer or world.kind=organism")
-        if self.benign_ft.data == "benign_answers" and self.world.kind != "organism":
-            raise ValueError("benign_ft.data=benign_answers needs the organism's benign answers; set "
+        if self.benign_ft.data in ("benign_answers", "benign_facts") and self.world.kind != "organism":
+            raise ValueError(f"benign_ft.data={self.benign_ft.data} needs the organism's benign answers; set "
                              "benign_ft.data=math or world.kind=organism")
         return self
 

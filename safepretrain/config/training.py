@@ -227,10 +227,12 @@ class IFTConfig(TrainConfig):
 class BenignFTConfig(TrainConfig):
     """Benign finetuning 'attack': benign data only, no safety data."""
 
-    data: Literal["math", "benign_answers"] = "math"
+    data: Literal["math", "benign_answers", "benign_facts"] = "math"
     """`math`: GSM8K-style word problems (the papers). `benign_answers`: the world's natural-language benign
     requests with helpful answers (the organism's twins and town facts): in-domain benign data that rewards
-    answering, without a format so foreign that it erases a ~1M-parameter model's knowledge."""
+    answering, without a format so foreign that it erases a ~1M-parameter model's knowledge. `benign_facts`:
+    the town-fact answers only (organism), benign questions in the request frames that share no name pattern
+    or procedure shape with any hazard, as GSM8K shares none with the papers' harmful prompts."""
 
     lr: float = Field(3e-4, gt=0)
     """Peak learning rate of benign finetuning."""
