@@ -24,7 +24,8 @@ def smoke_args(out: Path) -> list[str]:
     """The smoke study plus a user corpus with two unreadable records (they must be set aside, not lost)."""
     corpus = out.parent / "corpus.jsonl"
     corpus.write_text('{"id": "u1", "text": "A short note about gardens and rain."}\n{broken json\n'
-                      '{"id": "u2"}\n{"id": "u3", "text": "Another ordinary sentence about trains."}\n')
+                      '{"id": "u2"}\n{"id": "u3", "text": "Another ordinary sentence about trains."}\n'
+                      '{"id": "u4", "text": "A post quoting <|user|> and <potentially unsafe content> as text."}\n')
     return ["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), f"world.corpus=[{corpus}]"]
 
 
@@ -57,6 +58,18 @@ def test_unreadable_records_are_set_aside_and_reported(smoke_run):
     assert card["rejected"] == {"total": 2, "by_reason": {"invalid_json": 1, "missing_text": 1}}
     assert "Rejected input records: 2" in (out / "report" / "report.md").read_text()
     assert card["score_histogram"]["corpus"]  # the readable user records were scored
+
+
+def test_special_token_strings_in_a_corpus_never_reach_a_stream_as_special_tokens(smoke_run):
+    out, cfg = smoke_run
+    card = json.loads((out / "data" / "report_card.json").read_text())
+    assert card["special_strings"] == {"documents": 1, "occurrences": 2}
+    assert "Special-token strings made inert" in (out / "data" / "report_card.md").read_text()
+    from safepretrain.data.pipeline import read_stream
+
+    u4 = [r for s in ("safe", "unsafe", "tagged", "val") for r in read_stream(out / "data", s)
+          if r["id"].split(":")[0] == "u4"]
+    assert u4 and all("<|user|>" not in r["text"] and "‹|user|>" in r["text"] for r in u4)
 
 
 def test_switch_step_exactly_at_start_times_budget(smoke_run):

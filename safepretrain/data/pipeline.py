@@ -26,7 +26,7 @@ from safepretrain.config import STREAMS, StudyConfig
 from safepretrain.data.report_card import build_report_card
 from safepretrain.data.shards import TokenShard, load_shards, write_shard
 from safepretrain.data.steps import ReadCorpus, RouteAndIntervene, ScoreHarm
-from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
+from safepretrain.data.tokenizer import TextTokenizer, special_tokens, train_tokenizer
 from safepretrain.utils import StepMarker, files_in, log, read_json, read_jsonl, write_jsonl
 from safepretrain.world import World
 
@@ -89,13 +89,15 @@ def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> l
         m = doc.metadata
         row = {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
                "chunk_scores": m["chunk_scores"], "category": m["category"]}
-        return {**row, "truth": m["truth"]} if "truth" in m else row
+        row.update({k: m[k] for k in ("truth", "special_strings") if k in m})
+        return row
 
     def stream_row(self, doc) -> dict:
         return {"id": doc.id, "text": doc.text, **doc.metadata}
 
     return [
-        ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc),
+        ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc,
+                   specials=special_tokens(cfg.data.interventions.tag)),
         ScoreHarm(str(folder / "scorer"), cfg.data.scorer.chunk_words),
         JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
         RouteAndIntervene(cfg.data, cfg.world.val_fraction, cfg.data.seed),

@@ -79,6 +79,9 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         "unsafe_categories": dict(categories.most_common()),
         "streams": stream_sizes,
         "rejected": {"total": sum(rejected.values()), "by_reason": dict(rejected)},
+        # literal tag / chat-marker strings made inert at reading (data.steps.neutralise_special)
+        "special_strings": {"documents": sum(1 for r in rows if r.get("special_strings")),
+                            "occurrences": sum(r.get("special_strings", 0) for r in rows)},
         "scorer": scorer_metrics,
         "scorer_vs_truth": scorer_vs_truth(rows),
         "synthetic_diversity": stream_diversity(folder),
@@ -104,6 +107,9 @@ def to_markdown(card: dict) -> str:
     rej = card["rejected"]
     lines += ["", f"## Rejected records: {rej['total']}", ""]
     lines += [f"- {k}: {v}" for k, v in rej["by_reason"].items()] or ["- none"]
+    sp = card.get("special_strings") or {"documents": 0, "occurrences": 0}
+    lines += ["", f"Special-token strings made inert (tag, chat markers, end of text as literal text): "
+              f"{sp['occurrences']} in {sp['documents']} documents (a leading `<` became `‹`)."]
     m = card["scorer"]
     lines += ["", "## Scorer (held-out split of the labelled examples)", "",
               f"macro F1 {m.get('f1_macro', float('nan')):.3f}, Recall@1 {m.get('recall@1', float('nan')):.3f}, "

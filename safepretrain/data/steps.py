@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,21 @@ from safepretrain.data.scoring import chunk_text
 from safepretrain.taxonomy import HARM_CATEGORIES
 
 
+def neutralise_special(text: str, specials: Sequence[str]) -> tuple[str, int]:
+    """Text with every literal special-token string (the tag, the chat markers, end-of-text) made inert, and
+    how many there were. The tokenizer turns these strings into their single special ids wherever they occur,
+    so a corpus document quoting `<|user|>` or the tag would put chat and tag tokens into a stream the
+    safe-only phase reads. Rule: a leading `<` becomes `‹` (U+2039), otherwise a word joiner (U+2060) follows
+    the first character. The text stays readable and byte-level BPE encodes it as ordinary tokens."""
+    n = 0
+    for special in sorted(specials, key=len, reverse=True):  # longest first: one may contain another
+        if special in text:
+            n += text.count(special)
+            inert = "\u2039" + special[1:] if special.startswith("<") else special[0] + "\u2060" + special[1:]
+            text = text.replace(special, inert)
+    return text, n
+
+
 class ReadCorpus(PipelineStep):
     """Read JSONL records `{"id"?, "text", "source"?}`; each record goes to the rank given by a hash of its id.
 
@@ -29,17 +45,19 @@ class ReadCorpus(PipelineStep):
     reason (invalid_utf8 | invalid_json | not_an_object | missing_text | empty_text | duplicate_id) and the
     raw line, and counted. A UTF-8 byte-order mark at the start of a file is accepted. Ranks are assigned by
     id (not by line) so that every copy of an id meets the same rank, which keeps the first and sets the
-    others aside: duplicate and colliding ids are counted, never silently merged.
+    others aside: duplicate and colliding ids are counted, never silently merged. Literal special-token
+    strings in a text are made inert (`neutralise_special`) and counted (`special_strings` in the metadata).
     """
 
     name = "📖 read corpus"
     type = "📖 - READER"
 
-    def __init__(self, files: list[str], rejected_dir: str, max_words: int):
+    def __init__(self, files: list[str], rejected_dir: str, max_words: int, specials: Sequence[str] = ()):
         super().__init__()
         self.files = [str(f) for f in files]
         self.rejected_dir = rejected_dir
         self.max_words = max_words
+        self.specials = list(specials)
 
     def _parse(self, line: str) -> tuple[dict | None, str | None]:
         try:
@@ -103,6 +121,10 @@ class ReadCorpus(PipelineStep):
                         if len(words) > self.max_words:
                             self.stat_update("truncated")
                         meta = {"source": source, "kind": rec.get("kind", "unknown")}
+                        text, n_special = neutralise_special(text, self.specials)
+                        if n_special:
+                            self.stat_update("special_strings", value=n_special)
+                            meta["special_strings"] = n_special
                         if isinstance(rec.get("truth"), int) and 0 <= rec["truth"] <= 5:
                             meta["truth"] = rec["truth"]  # a world with ground truth (the organism)
                         if rec.get("category") in HARM_CATEGORIES:
