@@ -109,7 +109,8 @@ def to_markdown(card: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in rej["by_reason"].items()] or ["- none"]
     sp = card.get("special_strings") or {"documents": 0, "occurrences": 0}
     lines += ["", f"Special-token strings made inert (tag, chat markers, end of text as literal text): "
-              f"{sp['occurrences']} in {sp['documents']} documents (a leading `<` became `‹`)."]
+              f"{sp['occurrences']} in {sp['documents']} documents (a leading `<` became `‹`; a tag without one got a "
+              "word joiner after its first character)."]
     m = card["scorer"]
     lines += ["", "## Scorer (held-out split of the labelled examples)", "",
               f"macro F1 {m.get('f1_macro', float('nan')):.3f}, Recall@1 {m.get('recall@1', float('nan')):.3f}, "
