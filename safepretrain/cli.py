@@ -3,6 +3,7 @@
     safepretrain study [CONFIG] [--out DIR] [--dry-run] [key=value ...]
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT --task T [--prompts FILE] [--decoder D] [--arm A --seed K --stage S]
+    safepretrain export CHECKPOINT --to DIR
     safepretrain world build [--out DIR] [--cache DIR]
     safepretrain world info [--pack DIR]
 """
@@ -79,6 +80,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from safepretrain.export import ExportError, export_checkpoint
+
+    try:
+        out = export_checkpoint(Path(args.checkpoint), Path(args.to))
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported: {out} (LlamaForCausalLM, tokenizer, chat template)")
+    return 0
+
+
 def _world(args: argparse.Namespace) -> int:
     if args.action == "build":
         from safepretrain.world.build import main as build_main
@@ -128,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stage", help="base, ift or benign_ft (default: from the checkpoint's folder)")
     e.add_argument("--out", help="output folder (default: RUN_DIR/eval_adhoc/...)")
     e.set_defaults(func=_eval)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face LlamaForCausalLM folder")
+    x.add_argument("checkpoint", help="a checkpoint folder of a run, e.g. RUN/arms/raw/seed0/ift/ckpt/step_000064")
+    x.add_argument("--to", required=True, help="new or empty output folder")
+    x.set_defaults(func=_export)
 
     w = sub.add_parser("world", help="build or inspect the embedded default world")
     w.add_argument("action", choices=["build", "info"])

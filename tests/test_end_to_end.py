@@ -235,3 +235,29 @@ def test_a_report_with_an_unfinished_evaluation_says_so(smoke_run):
     assert main(["report", str(copy)]) == 0
     report = (copy / "report" / "report.md").read_text()
     assert "**INCOMPLETE REPORT**: 1 evaluation(s)" in report and "start_20 seed 1 ift" in report
+
+
+def test_export_of_a_trained_checkpoint_loads_in_transformers(smoke_run, tmp_path, capsys):
+    """The CLI exports an instruction-tuned checkpoint of the smoke study; transformers reads it, its chat
+    template builds the prompt, and its logits on that prompt are ours."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from safepretrain.checkpoint import load_model
+    from safepretrain.data.tokenizer import TextTokenizer
+
+    out, cfg = smoke_run
+    ckpt = sorted((out / "arms" / "raw" / "seed0" / "ift" / "ckpt").glob("step_*"))[-1]
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 0
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": "What festival does the town celebrate?"}],
+                                     add_generation_prompt=True, tokenize=True, return_tensors="pt", return_dict=True)
+    tok = TextTokenizer.load(out / "data" / "tokenizer.json", cfg.data.interventions.tag)
+    ours = load_model(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}), ckpt)
+    with torch.no_grad():
+        theirs = hf(ids["input_ids"]).logits
+        mine, _ = ours(ids["input_ids"])
+    assert torch.allclose(mine, theirs, atol=1e-4)
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 2  # never overwrites
+    assert "not an empty folder" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""`safepretrain export CKPT --to DIR`: a checkpoint as a Hugging Face `LlamaForCausalLM` folder, with its
+tokenizer and chat template, for the tools researchers evaluate with (lm-eval-harness, vLLM, inspect_ai,
+TransformerLens).
+
+Our model is the Llama layout (model.py: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU, tied
+embeddings, no biases), so the export renames weights and changes no number: `transformers` computes our
+logits (tested to 1e-4). The tokenizer keeps its special tokens (the harmfulness tag, the chat markers), and
+the chat template writes exactly `data/chat.py`'s format, so a served model is prompted as it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from safepretrain.config.base import ASSISTANT, END, EOS, PAD, USER
+from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.model import Transformer
+
+# data/chat.py's format: <|user|>{prompt}<|end|><|assistant|>{response}<|end|>; generation starts after <|assistant|>
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}" + END
+    + "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + END
+    + "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+_BLOCK = {"attn_norm": "input_layernorm", "attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj",
+          "attn.wv": "self_attn.v_proj", "attn.wo": "self_attn.o_proj", "mlp_norm": "post_attention_layernorm",
+          "mlp.w1": "mlp.gate_proj", "mlp.w3": "mlp.up_proj", "mlp.w2": "mlp.down_proj"}
+
+
+class ExportError(RuntimeError):
+    """The checkpoint or the output folder cannot be used; the message says why."""
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our weights under `LlamaForCausalLM`'s names (the head is tied to the embedding, as in ours)."""
+    out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
+    for i, block in enumerate(model.blocks):
+        params = dict(block.named_parameters())
+        for ours, theirs in _BLOCK.items():
+            out[f"model.layers.{i}.{theirs}.weight"] = params[f"{ours}.weight"]
+    return {k: v.detach().float().contiguous() for k, v in out.items()}
+
+
+def llama_config(model: Transformer, tok: TextTokenizer):
+    from transformers import LlamaConfig
+
+    c = model.cfg
+    return LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ffn_hidden,
+        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
+        head_dim=c.d_model // c.n_heads, hidden_act="silu", max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+        bos_token_id=None, eos_token_id=[tok.eos_id, tok.end_id], pad_token_id=tok.pad_id,
+        dtype="float32", architectures=["LlamaForCausalLM"])
+
+
+def export_hf(model: Transformer, tok: TextTokenizer, out: Path, provenance: dict | None = None) -> Path:
+    """Write `out` (new or empty) atomically: config, weights (safetensors), tokenizer, chat template."""
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--to {out} exists and is not an empty folder; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf = LlamaForCausalLM(llama_config(model, tok))
+        missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise ExportError(f"weights do not map onto LlamaForCausalLM: missing {missing}, unexpected {unexpected}")
+        hf.tie_weights()
+        hf.save_pretrained(tmp, safe_serialization=True)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok.tok, eos_token=EOS, pad_token=PAD,
+                                       additional_special_tokens=[USER, ASSISTANT, END, tok.tag])
+        fast.chat_template = CHAT_TEMPLATE
+        fast.save_pretrained(tmp)
+        (tmp / "safepretrain.json").write_text(json.dumps(
+            {"chat_format": "<|user|>{prompt}<|end|><|assistant|>{response}<|end|>", "harm_tag": tok.tag,
+             "harm_tag_id": tok.tag_id, **(provenance or {})}, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """Export a checkpoint folder of a run directory (its config and tokenizer come from the run)."""
+    from safepretrain.checkpoint import load_model
+    from safepretrain.config import ConfigError, load_config
+    from safepretrain.eval.adhoc import EvalInputError, find_run_dir
+
+    if not (checkpoint / "model.safetensors").is_file():
+        raise ExportError(f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "
+                          "RUN/arms/raw/seed0/ift/ckpt/step_000064")
+    try:
+        run_dir = find_run_dir(checkpoint.resolve())
+        cfg = load_config(run_dir / "study.yaml")
+    except (EvalInputError, ConfigError) as err:
+        raise ExportError(str(err)) from None
+    tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
+    model = load_model(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}), checkpoint)
+    source = str(checkpoint.resolve().relative_to(run_dir.resolve()))
+    return export_hf(model, tok, out, provenance={"study": cfg.name, "checkpoint": source})
