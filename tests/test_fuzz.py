@@ -30,8 +30,9 @@ lines = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)
 
 
 @FUZZ
-@given(st.lists(lines, max_size=25), st.sampled_from([1, 2, 3]))
-def test_every_record_is_read_or_set_aside_with_a_reason(tmp_path, records, world_size):
+@given(st.lists(lines, max_size=25), st.sampled_from([1, 2, 3]), st.sampled_from([1000, 1_000_000]))
+def test_every_record_is_read_or_set_aside_with_a_reason(tmp_path, records, world_size, max_bytes):
+    """max_bytes=1000 also sends the 5,000-byte lines down the too_large path."""
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(b"\n".join(r.replace(b"\n", b" ").replace(b"\r", b" ") for r in records) + b"\n")
     content = corpus.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not a record
@@ -39,7 +40,7 @@ def test_every_record_is_read_or_set_aside_with_a_reason(tmp_path, records, worl
     read, rejected = 0, 0
     for rank in range(world_size):
         out = tmp_path / f"rej{world_size}"
-        read += sum(1 for _ in ReadCorpus([str(corpus)], str(out), 50).run(None, rank, world_size))
+        read += sum(1 for _ in ReadCorpus([str(corpus)], str(out), 50, max_bytes=max_bytes).run(None, rank, world_size))
         rows = [json.loads(x) for x in (out / f"{rank:05d}.jsonl").read_text().splitlines()]
         assert all(r["reason"] for r in rows)
         rejected += len(rows)
@@ -89,3 +90,14 @@ def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch, writer):
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary left behind
     write_json(target, {"v": 3}) if writer == "json" else write_jsonl(target, [{"v": 3}])  # space is back
     assert b"3" in target.read_bytes()
+
+
+def test_a_huge_line_is_set_aside_without_being_read_whole(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    huge = json.dumps({"id": "big", "text": "word " * 400_000})  # ~2 MB on one line
+    fine = [json.dumps({"id": i, "text": "fine"}) for i in ("a", "b")]
+    corpus.write_text(fine[0] + "\n" + huge + "\n" + fine[1])  # the last line has no newline
+    docs = list(ReadCorpus([str(corpus)], str(tmp_path / "rej"), 50, max_bytes=100_000).run(None, 0, 1))
+    assert [d.id for d in docs] == ["a", "b"]  # the record after the huge one is read intact
+    (row,) = [json.loads(x) for x in (tmp_path / "rej" / "00000.jsonl").read_text().splitlines()]
+    assert row["reason"] == "too_large" and row["line"] == 2 and len(row["raw"]) == 2000

@@ -47,6 +47,9 @@ class WorldConfig(Strict):
     """Documents drawn (seeded) from each world source; null = all. Bounds the data-stage time."""
     max_words_per_doc: int = Field(400, gt=0)
     """Longer documents are cut to this many words (units: whitespace words)."""
+    max_record_bytes: int = Field(1_000_000, gt=0)
+    """A corpus line longer than this is set aside unread as `too_large` (units: bytes); bounds the memory a
+    single malformed or runaway record can take."""
     val_fraction: float = Field(0.05, ge=0, lt=1)
     """Fraction of score-0 documents held out for the held-out loss, by hash of the document id."""
 

@@ -97,7 +97,7 @@ def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> l
 
     return [
         ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc,
-                   specials=special_tokens(cfg.data.interventions.tag)),
+                   specials=special_tokens(cfg.data.interventions.tag), max_bytes=cfg.world.max_record_bytes),
         ScoreHarm(str(folder / "scorer"), cfg.data.scorer.chunk_words),
         JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
         RouteAndIntervene(cfg.data, cfg.world.val_fraction, cfg.data.seed),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,9 @@ class ReadCorpus(PipelineStep):
     """Read JSONL records `{"id"?, "text", "source"?}`; each record goes to the rank given by a hash of its id.
 
     A record that cannot be used is written to `rejected/<rank>.jsonl` with the file, line number,
-    reason (invalid_utf8 | invalid_json | not_an_object | missing_text | empty_text | duplicate_id) and the
-    raw line, and counted. A UTF-8 byte-order mark at the start of a file is accepted. Ranks are assigned by
+    reason (too_large | invalid_utf8 | invalid_json | not_an_object | missing_text | empty_text |
+    duplicate_id) and the raw line (its first 2,000 characters), and counted. A line over `max_bytes` is
+    never held in memory whole. A UTF-8 byte-order mark at the start of a file is accepted. Ranks are assigned by
     id (not by line) so that every copy of an id meets the same rank, which keeps the first and sets the
     others aside: duplicate and colliding ids are counted, never silently merged. Literal special-token
     strings in a text are made inert (`neutralise_special`) and counted (`special_strings` in the metadata).
@@ -52,8 +53,10 @@ class ReadCorpus(PipelineStep):
     name = "📖 read corpus"
     type = "📖 - READER"
 
-    def __init__(self, files: list[str], rejected_dir: str, max_words: int, specials: Sequence[str] = ()):
+    def __init__(self, files: list[str], rejected_dir: str, max_words: int, specials: Sequence[str] = (),
+                 max_bytes: int = 1_000_000):
         super().__init__()
+        self.max_bytes = max_bytes
         self.files = [str(f) for f in files]
         self.rejected_dir = rejected_dir
         self.max_words = max_words
@@ -72,6 +75,18 @@ class ReadCorpus(PipelineStep):
             return None, "empty_text"
         return rec, None
 
+    def _lines(self, f) -> Iterator[tuple[int, bytes, bool]]:
+        """(line number, line, too large) for each line; a too-large line yields only its head."""
+        line_no = 0
+        while line := f.readline(self.max_bytes + 1):
+            line_no += 1
+            if len(line) > self.max_bytes and not line.endswith(b"\n"):
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the line without holding it
+                yield line_no, line[:8000], True
+            else:
+                yield line_no, line, False
+
     @staticmethod
     def _rank_of(doc_id: str, world_size: int) -> int:
         return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % world_size
@@ -89,9 +104,13 @@ class ReadCorpus(PipelineStep):
 
             for path in self.files:
                 with open(path, "rb") as f:
-                    for line_no, raw_line in enumerate(f, start=1):
+                    for line_no, raw_line, too_large in self._lines(f):
                         if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
                             raw_line = raw_line[3:]  # a byte-order mark is not part of the first record
+                        if too_large:
+                            if line_no % world_size == rank:  # rank by position: the record is not parsed
+                                reject(path, line_no, "too_large", raw_line.decode("utf-8", "replace"))
+                            continue
                         if not raw_line.strip():
                             continue
                         try:
