@@ -244,7 +244,8 @@ def heldout_hazard_section(records: list[dict], arms: list[str], cfg: StudyConfi
 
 
 def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -> Path:
-    from safepretrain.findings import CLAIMS, control_checks, controls_markdown, evaluate_claims, findings_markdown
+    from safepretrain.controls import control_checks, controls_markdown
+    from safepretrain.findings import CLAIMS, evaluate_claims, findings_markdown
     from safepretrain.plots import plot_asr_vs_start, plot_probe_layers
 
     arms = [a.name for a in cfg.curriculum.arms]
