@@ -4,6 +4,7 @@
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT --task T [--prompts FILE] [--decoder D] [--arm A --seed K --stage S]
     safepretrain export CHECKPOINT --to DIR
+    safepretrain data eval-scorer [CONFIG] [--labels FILE] [--out DIR] [key=value ...]
     safepretrain world build [--out DIR] [--cache DIR]
     safepretrain world info [--pack DIR]
 """
@@ -113,6 +114,25 @@ def _world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_scorer(args: argparse.Namespace) -> int:
+    from safepretrain.data.eval_scorer import evaluate_scorers, markdown, write_scorer_eval
+    from safepretrain.world import world_for
+
+    config, overrides = None, list(args.items)
+    if overrides and "=" not in overrides[0]:
+        config = overrides.pop(0)
+    try:
+        cfg = load_config(config, overrides)
+        result = evaluate_scorers(cfg, world_for(cfg), Path(args.labels) if args.labels else None)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else cfg.run_dir / "scorer_eval"
+    print(markdown(result))
+    print("written: " + ", ".join(str(p) for p in write_scorer_eval(result, out)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safepretrain", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", help="a checkpoint folder of a run, e.g. RUN/arms/raw/seed0/ift/ckpt/step_000064")
     x.add_argument("--to", required=True, help="new or empty output folder")
     x.set_defaults(func=_export)
+
+    d = sub.add_parser("data", help="data-stage tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    es = dsub.add_parser("eval-scorer", help="scorer quality table (macro F1, Recall@1, Recall@3) on held-out "
+                                             "labels and the world's ground truth")
+    es.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="optional YAML config, then overrides")
+    es.add_argument("--labels", help="extra labelled JSONL ({\"text\", \"score\": 0-5} per line) for the held-out set")
+    es.add_argument("--out", help="output folder (default: <run dir>/scorer_eval)")
+    es.set_defaults(func=_eval_scorer)
 
     w = sub.add_parser("world", help="build or inspect the embedded default world")
     w.add_argument("action", choices=["build", "info"])

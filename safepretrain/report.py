@@ -187,7 +187,15 @@ def data_and_judge(run_dir: Path) -> list[str]:
            f"Scorer (held-out labels): macro F1 {sc.get('f1_macro', float('nan')):.2f}, Recall@1 "
            f"{sc.get('recall@1', float('nan')):.2f}, Recall@3 {sc.get('recall@3', float('nan')):.2f}.",
            f"Rejected input records: {card['rejected']['total']}"
-           + (f" {card['rejected']['by_reason']}" if card["rejected"]["total"] else "") + ".", ""]
+           + (f" {card['rejected']['by_reason']}" if card["rejected"]["total"] else "") + "."]
+    cats = ((card.get("harm_phrases") or {}).get("categories") or {}).items()
+    top = sorted((kv for kv in cats if kv[1].get("docs_scored_ge1")), key=lambda kv: -kv[1]["share_scored_ge1"])[:3]
+    if top:
+        out.append("Top harm categories among documents scored >= 1 (phrase matching, a coarse indicator): "
+                   + ", ".join(f"{c} {v['share_scored_ge1']:.0%}" for c, v in top) + ".")
+    if (run_dir / "data" / "report_card.png").is_file():
+        out += ["", "![data safety report card](../data/report_card.png)"]
+    out.append("")
     quality = run_dir / "judge" / "quality.json"
     if quality.is_file():
         out += judge_quality_table(read_json(quality)) + [""]

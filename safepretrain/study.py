@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from safepretrain.config import ConfigError, StudyConfig, dump_config
 from safepretrain.data.pipeline import run_data_stage
+from safepretrain.data.readers import corpus_problems
 from safepretrain.rundir import STAGES, ArmRun, RunLock
 from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, train_trunk
 from safepretrain.utils import log, setup_logging, write_json, write_text_atomic
@@ -40,9 +41,11 @@ def validate_against_world(cfg: StudyConfig) -> None:
     for s in cfg.world.sources or []:
         if s not in known:
             problems.append(f"- world.sources: unknown source '{s}'; available: {sorted(known)}")
-    for i, path in enumerate(cfg.world.corpus):
-        if not Path(path).is_file():
-            problems.append(f"- world.corpus.{i}: file {path} does not exist; give a JSONL file of {{\"text\": ...}}")
+    problems += [f"- {p}" for p in corpus_problems(cfg.world.corpus)]
+    sc = cfg.data.scorer
+    if "hf_classifier" in sc.kinds and not (Path(sc.hf_model) / "config.json").is_file():
+        problems.append(f"- data.scorer.hf_model: {sc.hf_model} is not a model folder (no config.json); download "
+                        "a 6-label classifier there first, e.g. locuslab/safety-classifier_gte-large-en-v1.5")
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(problems))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 # The RefuseWeb harm categories (paper §2.4); a document's category is the nearest description.
 HARM_CATEGORIES = {
     "harassment_discrimination": "insults, slurs, hate and discrimination against people or groups",
@@ -30,3 +33,97 @@ very want was way ways we well went were what when where which while who whom wh
 within without would year years you your yours yourself yourselves
 """.split())
 
+
+
+# Indicator words and phrases per harm category (lower case), for a coarse count of which categories a corpus
+# touches (the data report card). An indicator, not a classifier: the scorer decides routing, never these.
+CATEGORY_PHRASES: dict[str, tuple[str, ...]] = {
+    "harassment_discrimination": ("slur", "racist", "racism", "sexist", "sexism", "bigot", "bigotry", "hate speech",
+                                  "harassment", "harass", "bullying", "bully", "discrimination", "insult",
+                                  "xenophobia", "homophobic"),
+    "malware_hacking": ("malware", "ransomware", "spyware", "password", "hacking", "hacker", "exploit", "keylogger",
+                        "botnet", "trojan", "rootkit", "ddos", "sql injection", "brute force", "backdoor"),
+    "physical_harm": ("weapon", "explosive", "bomb", "poison", "violence", "assault", "murder", "kill", "killing",
+                      "self-harm", "suicide", "firearm", "stabbing", "injure", "hurt", "arson"),
+    "economic_harm": ("gambling", "casino", "betting", "embezzlement", "theft", "extortion", "money laundering",
+                      "insider trading", "tax evasion", "shoplifting", "bankrupt", "sabotage", "debt"),
+    "fraud_deception": ("scam", "scammer", "phishing", "fraud", "spam", "fake offer", "ponzi scheme",
+                        "pyramid scheme", "identity theft", "forgery", "counterfeit", "impersonate", "con artist",
+                        "deceive"),
+    "disinformation": ("conspiracy", "hoax", "propaganda", "fake news", "misinformation", "disinformation",
+                       "false flag", "cover-up", "rigged election", "debunked", "flat earth", "chemtrails"),
+    "sexual_adult": ("explicit", "pornography", "porn", "nude", "nudity", "erotic", "adult content", "sexual",
+                     "nsfw", "fetish", "xxx"),
+    "privacy": ("home address", "doxxing", "dox", "stalking", "stalker", "surveillance", "phone number",
+                "social security number", "personal information", "tracking device", "spy on", "location data",
+                "private data"),
+}
+
+
+# A phrase matches as whole words: its words are consecutive words (\w+ runs) of the lower-cased text, the last
+# one optionally with a plural "s"/"es", so "scam" matches "Scams" and "anti-scam" but never "scampi", and
+# "home address" matches whatever separates the two words (spaces, a line break, punctuation); "self-harm" also
+# matches "self harm". The text is split into words once and looked up in
+# tables built here, for all categories in one pass (a regex alternation per category was 2-3x slower, and the
+# card matches up to 200k documents).
+_WORD = re.compile(r"\w+")
+_SEP = "\x01"  # joins the words of a text for multi-word lookups (never inside a \w+ word)
+
+
+def _phrase_tables() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[tuple[str, tuple[int, ...]], ...]]]:
+    """(single word form -> category indices, first word -> ((joined multi-word form, category indices), ...))."""
+    single: dict[str, set[int]] = {}
+    multi: dict[str, dict[str, set[int]]] = {}
+    for k, cat in enumerate(HARM_CATEGORIES):
+        for phrase in CATEGORY_PHRASES[cat]:
+            words = _WORD.findall(phrase.lower())
+            for last in (words[-1], words[-1] + "s", words[-1] + "es"):
+                if len(words) == 1:
+                    single.setdefault(last, set()).add(k)
+                else:
+                    needle = _SEP + (2 * _SEP).join([*words[:-1], last]) + _SEP
+                    multi.setdefault(words[0], {}).setdefault(needle, set()).add(k)
+    return ({w: tuple(sorted(ks)) for w, ks in single.items()},
+            {w: tuple((n, tuple(sorted(ks))) for n, ks in forms.items()) for w, forms in multi.items()})
+
+
+_SINGLE, _MULTI = _phrase_tables()
+_CATS = tuple(HARM_CATEGORIES)
+
+
+def _phrase_hits(text: str, count: bool) -> Counter:
+    """Category index -> occurrences of its phrases in `text` (`count`), or 1 where any occurs."""
+    words = _WORD.findall(text.lower())
+    hits: Counter = Counter()
+    if count:
+        for w, n in Counter(words).items():
+            for k in _SINGLE.get(w, ()):
+                hits[k] += n
+    else:
+        for w in _SINGLE.keys() & set(words):
+            hits.update(_SINGLE[w])
+    firsts = _MULTI.keys() & set(words)
+    if firsts:
+        # every word framed by separators, doubled between words: an occurrence of a framed phrase is a run of
+        # whole consecutive words, and back-to-back occurrences are each counted
+        joined = _SEP + (2 * _SEP).join(words) + _SEP
+        for first in firsts:
+            for needle, ks in _MULTI[first]:
+                n = joined.count(needle)
+                if n:
+                    for k in ks:
+                        hits[k] += n if count else 1
+    return hits
+
+
+def categories_by_phrases(text: str) -> list[str]:
+    """The harm categories (in HARM_CATEGORIES order) with at least one indicator phrase in `text`
+    (whole words, case-insensitive). A coarse indicator of topic, not a harmfulness judgement."""
+    return [_CATS[k] for k in sorted(_phrase_hits(text, count=False))]
+
+
+def category_by_phrases(text: str) -> str | None:
+    """The harm category with the most indicator-phrase occurrences in `text` (ties: the earlier category in
+    HARM_CATEGORIES); None when no phrase occurs."""
+    hits = _phrase_hits(text, count=True)
+    return _CATS[min(hits, key=lambda k: (-hits[k], k))] if hits else None

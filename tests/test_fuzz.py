@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safepretrain.config import ConfigError, load_config
-from safepretrain.data.steps import ReadCorpus
+from safepretrain.data.read_step import ReadCorpus
 from safepretrain.utils import write_json, write_jsonl
 
 # 150 cases per property in CI; SAFEPRETRAIN_FUZZ_EXAMPLES=5000 for a longer hunt by hand

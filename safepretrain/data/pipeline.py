@@ -1,31 +1,36 @@
-"""The data stage: world sample → scorer → datatrove pipeline → report card → tokenizer → shards.
+"""The data stage: world sample → scorer → datatrove passes → report card → tokenizer → shards.
+
+The passes (`build_passes`) are plain datatrove pipelines run by the configured executor (local, Slurm, Ray):
+`score` (read, in-process scorers, the LLM rubric when configured) → `route` (routing policy, tag, template
+generators) → with `generator: llm`, `llm_rephrase`, `llm_refusal`, then `llm_moral_ed`.
 
 ```
 data/
-  input/world.jsonl           the documents read (seeded sample of the world, plus user corpora)
+  input/world.jsonl           the documents read (seeded sample of the world); user corpora are read in place
   scorer/                     head.safetensors + scorer.json (held-out F1 / Recall@1 / Recall@3)
-  logs/                       datatrove logs, stats.json and completion markers (a rerun skips done tasks)
-  scores/<rank>.jsonl.gz      id, source, score 0-5, chunk scores, harm category per document
-  streams/<stream>/<rank>.jsonl.gz   the routed and intervened documents
-  rejected/<rank>.jsonl       unreadable records with their reason
-  report_card.{json,md}       score histogram per source, stream sizes, rejects, scorer quality
+  logs/<pass>/                datatrove logs, stats.json and completion markers (a rerun skips done tasks)
+  scored/                     every document read, with its scores as metadata (the one scoring pass)
+  scores/<rank>.jsonl.gz      id, source, score 0-5, chunk scores, per-scorer scores, harm category
+  streams/<stream>/           the routed and intervened documents
+  rejected/                   records set aside with their reason: unreadable input (<rank>.jsonl), and
+                              documents whose LLM generation or rubric score finally failed (<pass>/)
+  llm_checkpoints/<pass>/     datatrove's request cache and chunk checkpoints (resume without resending)
+  report_card.{json,md,png}   score histogram per source, harm categories, stream sizes, rejects, scorer quality
   tokenizer.json, shards/     BPE with special tokens; one token shard per stream
 ```
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
 from safepretrain.config import STREAMS, StudyConfig
+from safepretrain.data.read_step import ReadCorpus
 from safepretrain.data.report_card import build_report_card
 from safepretrain.data.shards import TokenShard, load_shards, write_shard
-from safepretrain.data.steps import ReadCorpus, RouteAndIntervene, ScoreHarm
+from safepretrain.data.steps import ScoreHarm, SelectRouted, route_and_intervene
 from safepretrain.data.tokenizer import TextTokenizer, special_tokens, train_tokenizer
 from safepretrain.utils import StepMarker, files_in, log, read_json, read_jsonl, write_jsonl
 from safepretrain.world import World
@@ -81,104 +86,140 @@ def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
     return metrics
 
 
-def build_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> list:
-    """The datatrove pipeline: a plain list of steps, runnable by any datatrove executor."""
+def doc_row(self, doc) -> dict:  # datatrove writer adapters are bound methods
+    return {"id": doc.id, "text": doc.text, **doc.metadata}
+
+
+def score_row(self, doc) -> dict:
+    m = doc.metadata
+    row = {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
+           "chunk_scores": m["chunk_scores"], "category": m.get("category")}
+    row.update({k: m[k] for k in ("truth", "special_strings", "scores_by") if k in m})
+    return row
+
+
+def llm_row(stream: str):
+    """Writer adapter of an InferenceRunner pass: an accepted generation becomes a `stream` document; a document
+    whose generation (or rubric score) finally failed becomes a `rejected/` row with its reason."""
+    from safepretrain.data.steps import derived
+
+    def row(self, doc) -> dict:
+        m = doc.metadata
+        if m.get("outcome") != "ok":
+            return {"file": f"llm:{stream}", "id": doc.id, "reason": m.get("reject_reason", "no_outcome"),
+                    "raw": doc.text[:2000]}
+        if stream == "scored":
+            return {"id": doc.id, "text": doc.text,
+                    **{k: v for k, v in m.items() if k not in ("outcome", "outcome_path", "rollout_results")}}
+        extra = {k: m[k] for k in ("style",) if k in m}
+        out = derived(doc, stream, m["generated"], source_id=m.get("source_id", doc.id.rsplit(":", 1)[0]), **extra)
+        return {"id": out.id, "text": out.text, **out.metadata}
+
+    return row
+
+
+@dataclass
+class Pass:
+    """One datatrove pipeline of the data stage, with its own logging folder `logs/<name>` (completion markers,
+    stats, task logs): a rerun skips the passes and ranks that finished."""
+
+    name: str
+    pipeline: list
+    tasks: int
+    gpus: int = 0
+
+
+def llm_pass(cfg: StudyConfig, folder: Path, name: str, rollout, reader, stream: str) -> Pass:
+    """An InferenceRunner pass: `reader` → rollout → `streams/<stream>/` or `rejected/<name>/`."""
+    from datatrove.pipeline.inference.run_inference import InferenceRunner
     from datatrove.pipeline.writers import JsonlWriter
 
-    def score_row(self, doc) -> dict:  # datatrove adapters are bound methods
-        m = doc.metadata
-        row = {"id": doc.id, "source": m["source"], "kind": m.get("kind"), "score": m["harm_score"],
-               "chunk_scores": m["chunk_scores"], "category": m["category"]}
-        row.update({k: m[k] for k in ("truth", "special_strings") if k in m})
-        return row
+    from safepretrain.data.llm import inference_config
 
-    def stream_row(self, doc) -> dict:
-        return {"id": doc.id, "text": doc.text, **doc.metadata}
+    rollout.paths = {"ok": "scored" if stream == "scored" else f"streams/{stream}", "rejected": f"rejected/{name}"}
+    writer = JsonlWriter(str(folder), output_filename="${outcome_path}/${rank}_chunk_${chunk_index}.jsonl.gz",
+                         adapter=llm_row(stream))
+    runner = InferenceRunner(rollout, inference_config(cfg.data.llm), writer,
+                             checkpoints_local_dir=str(folder / "llm_checkpoints" / name),
+                             records_per_chunk=cfg.data.llm.records_per_chunk)
+    return Pass(name, [*reader, runner], cfg.data.tasks, gpus=cfg.data.slurm.gpus_per_task)
 
-    return [
+
+def build_passes(cfg: StudyConfig, input_files: list[str], folder: Path) -> list[Pass]:
+    """The data stage as datatrove pipelines (plain lists of steps, runnable by any datatrove executor):
+
+    score: read → in-process scorers → [LLM rubric] → `scored/` (every document, its scores as metadata)
+    route: `scored/` → `scores/` summary → route → categorise → tag → [template generators] → `streams/`
+    llm_rephrase, llm_refusal, then llm_moral_ed (`generator: llm`): InferenceRunner passes → `streams/`
+    """
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from safepretrain.data import llm
+
+    data, sc = cfg.data, cfg.data.scorer
+    hf = {"model_dir": sc.hf_model, "trust_remote_code": sc.hf_trust_remote_code, "max_tokens": sc.hf_max_tokens,
+          "batch_size": sc.batch_size, "device": sc.device}
+    read_and_score = [
         ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc,
-                   specials=special_tokens(cfg.data.interventions.tag), max_bytes=cfg.world.max_record_bytes),
-        ScoreHarm(str(folder / "scorer"), cfg.data.scorer.chunk_words),
-        JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
-        RouteAndIntervene(cfg.data, cfg.world.val_fraction, cfg.data.seed),
-        JsonlWriter(str(folder / "streams"), output_filename="${stream}/${rank}.jsonl.gz", adapter=stream_row),
+                   specials=special_tokens(data.interventions.tag), max_bytes=cfg.world.max_record_bytes,
+                   input_keys={c: (cfg.world.corpus_text_key, cfg.world.corpus_id_key) for c in cfg.world.corpus}),
+        ScoreHarm(str(folder / "scorer"), sc.chunk_words, kinds=sc.kinds, hf=hf),
     ]
+    prefill = data.llm.server in ("vllm", "sglang")
+    specials = tuple(special_tokens(data.interventions.tag))
+    if "llm_rubric" in sc.kinds:
+        score = llm_pass(cfg, folder, "llm_rubric", llm.RubricRollout(data.llm, data.seed, sc.chunk_words, prefill),
+                         read_and_score, "scored")
+        score.name = "score"
+    else:
+        score = Pass("score", [*read_and_score, JsonlWriter(str(folder / "scored"), output_filename="${rank}.jsonl.gz",
+                                                            adapter=doc_row)], data.tasks)
+    generate = data.interventions.generator == "template"
+    route = Pass("route", [
+        JsonlReader(str(folder / "scored"), glob_pattern="*.jsonl.gz"),
+        JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
+        *route_and_intervene(data, cfg.world.val_fraction, data.seed, generate=generate),
+        JsonlWriter(str(folder / "streams"), output_filename="${stream}/${rank}.jsonl.gz", adapter=doc_row),
+    ], data.tasks)
+    passes = [score, route]
+    if not generate:
+        def read(stream, scores=None):
+            reader = JsonlReader(str(folder / "streams" / stream), glob_pattern="*.jsonl.gz")
+            return [reader, SelectRouted(scores)] if scores else [reader]
+
+        def rollout(kind):
+            return kind(data.llm, data.seed, specials=specials)
+
+        passes += [llm_pass(cfg, folder, "llm_rephrase", rollout(llm.RephraseRollout),
+                            read("unsafe", data.routing.rephrase_scores), "rephrased"),
+                   llm_pass(cfg, folder, "llm_refusal", rollout(llm.RefusalRollout),
+                            read("unsafe", data.routing.refusal_scores), "refusal")]
+        if data.interventions.moral_education:  # from the dialogues, once they exist
+            passes.append(llm_pass(cfg, folder, "llm_moral_ed", rollout(llm.MoralEducationRollout), read("refusal"),
+                                   "moral_ed"))
+    return passes
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: the kernel kills this worker when the study process dies (Linux PR_SET_PDEATHSIG),
-    so a `kill -9` of the study leaves no worker running on alone."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers then end when they next find the pipe closed
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+def uses_llm(cfg: StudyConfig) -> bool:
+    return cfg.data.interventions.generator == "llm" or "llm_rubric" in cfg.data.scorer.kinds
 
 
-def _executor_class():
-    from datatrove.executor import LocalPipelineExecutor
+def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
+    from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
 
-    class InProcessExecutor(LocalPipelineExecutor):
-        """LocalPipelineExecutor whose ranks leave nothing behind when the study is killed.
+    if uses_llm(cfg):
+        from safepretrain.data.llm import check_endpoint
 
-        datatrove's executor always starts a multiprocess Manager server; a `kill -9` of the study left it
-        orphaned (~600 MB) with a /tmp/pymp-* folder, and with `workers > 1` its Pool workers ran on too.
-        Here `workers=1` runs the ranks in this process, and `workers > 1` runs them in a Pool of workers
-        that die with the study (`_die_with_parent`); neither needs a Manager."""
-
-        def run(self):
-            self._launched = True
-            ranks = self.get_incomplete_ranks(range(self.local_rank_offset, self.local_rank_offset + self.local_tasks))
-            if not ranks:
-                return
-            self.save_executor_as_json()
-            if self.workers == 1:
-                pipeline = self.pipeline
-                for rank in ranks:
-                    self.pipeline = deepcopy(pipeline)
-                    self._run_for_rank(rank, 0)
-                self.pipeline = pipeline
-                return
-            import multiprocess
-
-            ctx = multiprocess.get_context(self.start_method)
-            workers = min(self.workers, len(ranks)) if self.workers > 0 else len(ranks)
-            with ctx.Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-                # local rank 0 (the one datatrove lets log to the console) goes to the first rank only
-                list(pool.imap_unordered(self._run_rank_star, [(r, int(i > 0)) for i, r in enumerate(ranks)]))
-
-        def _run_rank_star(self, rank_and_local: tuple[int, int]):
-            return self._run_for_rank(*rank_and_local)
-
-    return InProcessExecutor
-
-
-def merge_rank_stats(logging_dir: Path) -> dict:
-    """`stats.json` = the sum of every finished rank's stats, so a resumed stage counts all documents, not
-    only those of its last invocation (datatrove writes the sum of the ranks run by one invocation)."""
-    from datatrove.utils.stats import PipelineStats
-
-    total = sum((PipelineStats.from_json(json.loads(p.read_text()))
-                 for p in sorted((logging_dir / "stats").glob("*.json"))), start=PipelineStats())
-    with open(logging_dir / "stats.json", "w") as f:
-        total.save_to_disk(f)
-    return json.loads((logging_dir / "stats.json").read_text())
-
-
-def run_pipeline(cfg: StudyConfig, input_files: list[Path], folder: Path) -> None:
-    executor = _executor_class()(
-        pipeline=build_pipeline(cfg, input_files, folder),
-        tasks=cfg.data.tasks,
-        workers=cfg.data.workers,
-        logging_dir=str(folder / "logs"),
-        start_method="spawn",
-    )
-    executor.run()
-    merge_rank_stats(folder / "logs")
+        check_endpoint(cfg.data.llm)
+    executors, previous = [], None
+    for p in passes:
+        previous = make_executor(cfg.data, p.pipeline, str(folder / "logs" / p.name), f"safepretrain_{p.name}",
+                                 depends=previous, tasks=p.tasks, gpus=p.gpus)
+        executors.append(previous)
+    run_passes(executors)
+    for p in passes:
+        merge_rank_stats(folder / "logs" / p.name)
 
 
 def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
@@ -191,12 +232,14 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
         world_file = folder / "input" / "world.jsonl"
         keep = ("id", "source", "kind", "text", "truth", "subject", "category")  # the last three: organism only
         write_jsonl(world_file, ({k: d[k] for k in keep if k in d} for d in docs))
-        inputs = [world_file, *(Path(p) for p in cfg.world.corpus)]
+        inputs = [str(world_file), *cfg.world.corpus]  # strings: `hf:` specs are not paths
         log.info(f"data: {len(docs)} world documents from {len({d['source'] for d in docs})} sources"
                  + (f" + {len(cfg.world.corpus)} corpus file(s)" if cfg.world.corpus else ""))
-        metrics = fit_scorer(cfg, world, folder / "scorer")
-        log.info(f"data: datatrove pipeline, {cfg.data.tasks} task(s), executor={cfg.data.executor}")
-        run_pipeline(cfg, inputs, folder)
+        metrics = fit_scorer(cfg, world, folder / "scorer") if "embedding" in cfg.data.scorer.kinds else {}
+        passes = build_passes(cfg, inputs, folder)
+        log.info(f"data: datatrove passes {' → '.join(p.name for p in passes)}, {cfg.data.tasks} task(s) each, "
+                 f"executor={cfg.data.executor}")
+        run_passes_for(cfg, passes, folder)
 
         texts = (r["text"] for s in STREAMS for r in read_stream(folder, s))
         tok = TextTokenizer(train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
@@ -205,6 +248,8 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
         sizes = {}
         for stream in ALL_STREAMS:
             recs = read_stream(folder, stream)
+            if uses_llm(cfg):  # InferenceRunner writes in completion order: sort, so reruns give the same shards
+                recs.sort(key=lambda r: r["id"])
             meta = write_shard(folder / "shards", stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
             sizes[stream] = {"docs": meta["docs"], "tokens": meta["tokens"]}
         report = build_report_card(folder, sizes, metrics)
@@ -213,7 +258,7 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
             log.warning(f"data: {report['rejected']['total']} record(s) rejected, reasons "
                         f"{report['rejected']['by_reason']}; see {folder / 'rejected'}")
         outputs = [*files_in(folder / "shards"), *files_in(folder / "streams"), folder / "tokenizer.json",
-                   folder / "report_card.json"]
+                   folder / "report_card.json", *files_in(folder, "report_card.png")]
         marker.finish(outputs=outputs, streams=sizes)
     tok = TextTokenizer.load(folder / "tokenizer.json", cfg.data.interventions.tag)
     return DataArtifacts(folder, tok, load_shards(folder / "shards"), read_json(folder / "report_card.json"))

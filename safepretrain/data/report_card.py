@@ -1,16 +1,28 @@
 """Data safety report card: what the scorer saw and what the interventions produced.
 
 A light version of the paper's card (§2.6): the score histogram overall and per source, harm
-categories of unsafe documents, stream sizes, rejected records by reason, and the scorer's held-out
-quality. Written as JSON (for code) and Markdown (for people); it reads only the stage's outputs.
+categories of unsafe documents, per-category rates by phrase matching (all documents and those scored
+>= 1), stream sizes, rejected records by reason, and the scorer's held-out quality. Written as JSON (for
+code), Markdown (for people) and a PNG (score histogram per source, category rates); it reads only the
+stage's outputs.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
-from safepretrain.utils import read_jsonl, write_json, write_text_atomic
+from safepretrain.taxonomy import HARM_CATEGORIES, categories_by_phrases
+from safepretrain.utils import log, read_jsonl, write_json, write_text_atomic
+
+# At most this many documents are phrase-matched for the card (an evenly spaced sample when there are more).
+PHRASE_DOC_CAP = 200_000
+# Where the documents' texts are read from when the stage has no `scored/` folder: every document is in
+# exactly one of these (score 0 → safe or val, score >= 1 → unsafe).
+FALLBACK_STREAMS = ("safe", "val", "unsafe")
 
 
 def scorer_vs_truth(rows: list[dict]) -> dict | None:
@@ -69,16 +81,15 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         hist["(all)"][row["score"]] += 1
         if row["score"] > 0:
             categories[row["category"]] += 1
-    rejected = Counter()
-    for path in sorted((folder / "rejected").glob("*.jsonl")):
-        for row in read_jsonl(path):
-            rejected[row["reason"]] += 1
-    datatrove_stats = folder / "logs" / "stats.json"
+    rejected = rejected_by_reason(folder / "rejected")
+    datatrove_stats = folder / "logs" / "score" / "stats.json"
+    available = len(rows) or sum(stream_sizes.get(s, {}).get("docs", 0) for s in FALLBACK_STREAMS) or None
     card = {
         "score_histogram": {src: {str(s): c[s] for s in range(6)} for src, c in sorted(hist.items())},
         "unsafe_categories": dict(categories.most_common()),
+        "harm_phrases": phrase_category_rates(folder, available=available),
         "streams": stream_sizes,
-        "rejected": {"total": sum(rejected.values()), "by_reason": dict(rejected)},
+        "rejected": {"total": sum(rejected.values()), "by_reason": dict(rejected.most_common())},
         # literal tag / chat-marker strings made inert at reading (data.steps.neutralise_special)
         "special_strings": {"documents": sum(1 for r in rows if r.get("special_strings")),
                             "occurrences": sum(r.get("special_strings", 0) for r in rows)},
@@ -88,9 +99,141 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         # relative to the data folder, like every stored path, so a copied run points at its own file
         "datatrove_stats": str(datatrove_stats.relative_to(folder)) if datatrove_stats.exists() else None,
     }
+    card["png"] = None
+    try:
+        plot_report_card(card, folder / "report_card.png")
+        card["png"] = "report_card.png"  # relative to the data folder
+    except Exception as e:  # a figure must never cost the data stage its outputs
+        log.warning(f"data: report card figure not written ({type(e).__name__}: {e})")
+        (folder / "report_card.png").unlink(missing_ok=True)  # never a stale figure beside a new card
     write_json(folder / "report_card.json", card)
     write_text_atomic(folder / "report_card.md", to_markdown(card))
     return card
+
+
+def rejected_by_reason(folder: Path) -> Counter:
+    """Rejected records by reason, from every `*.jsonl` and `*.jsonl.gz` under `folder` (subfolders too: the
+    reader writes `rejected/<rank>.jsonl`, later steps their own subfolders)."""
+    counts: Counter = Counter()
+    if not folder.is_dir():
+        return counts
+    for path in sorted({*folder.rglob("*.jsonl"), *folder.rglob("*.jsonl.gz")}):
+        if path.is_file():
+            for row in read_jsonl(path):
+                counts[row.get("reason", "unknown") if isinstance(row, dict) else "unknown"] += 1
+    return counts
+
+
+def _text_files(folder: Path) -> tuple[str | None, list[Path]]:
+    """(where the texts come from, their files): `scored/*.jsonl.gz`, else the streams that hold every original
+    document once (safe, val, unsafe)."""
+    scored = sorted((folder / "scored").glob("*.jsonl.gz"))
+    if scored:
+        return "scored", scored
+    files = [p for s in FALLBACK_STREAMS for p in sorted((folder / "streams" / s).glob("*.jsonl.gz"))]
+    return ("streams/" + ",".join(FALLBACK_STREAMS) if files else None), files
+
+
+def _doc_score(row: dict) -> int | None:
+    s = row.get("harm_score", row.get("score"))
+    return s if isinstance(s, int | float) else None
+
+
+def phrase_category_rates(folder: Path, cap: int = PHRASE_DOC_CAP, available: int | None = None) -> dict:
+    """Per harm category, the documents whose text contains one of its indicator phrases
+    (`taxonomy.categories_by_phrases`; a document can match several): count and share of all documents read,
+    and of those the scorer gave >= 1. At most `cap` documents are read; when `available` (the stage's document
+    count) exceeds it, every k-th document is taken so the sample spans every file, not only the first ones."""
+    source, files = _text_files(folder)
+    every = max(1, math.ceil(available / cap)) if available and cap > 0 else 1
+    n = n_unsafe = 0
+    hits: Counter = Counter()
+    hits_unsafe: Counter = Counter()
+    capped = every > 1
+
+    def rows() -> Iterator[dict]:
+        for path in files:
+            yield from read_jsonl(path)
+
+    for i, row in enumerate(rows()):
+        if i % every:
+            continue
+        if n >= cap:
+            capped = True
+            break
+        text = row.get("text")
+        if not isinstance(text, str):
+            continue
+        cats = categories_by_phrases(text)
+        score = _doc_score(row)
+        n += 1
+        hits.update(cats)
+        if score is not None and score >= 1:
+            n_unsafe += 1
+            hits_unsafe.update(cats)
+
+    def share(k: int, total: int) -> float | None:
+        return round(k / total, 4) if total else None
+
+    return {"method": "indicator phrases per category (taxonomy.CATEGORY_PHRASES), whole words, case-insensitive; "
+                      "a coarse indicator, not the scorer",
+            "read_from": source, "docs": n, "docs_scored_ge1": n_unsafe, "cap": cap, "capped": capped,
+            "every_nth": every, "docs_available": available,
+            "categories": {c: {"docs": hits[c], "share": share(hits[c], n), "docs_scored_ge1": hits_unsafe[c],
+                               "share_scored_ge1": share(hits_unsafe[c], n_unsafe)} for c in HARM_CATEGORIES}}
+
+
+def plot_report_card(card: dict, path: Path) -> None:
+    """Left: documents per harm score (0-5) per source, grouped bars (log y when counts span two orders of
+    magnitude). Right: per harm category, the share of all documents and of documents scored >= 1 that match
+    its phrases. Written atomically (a temporary name, then os.replace)."""
+    from matplotlib.figure import Figure  # the object API renders with Agg; no pyplot state, no backend switch
+
+    hist = {s: h for s, h in card["score_histogram"].items() if s != "(all)"} or card["score_histogram"]
+    if len(hist) > 10:  # keep the legend readable: the 9 largest sources and the rest together
+        big = sorted(hist, key=lambda s: -sum(hist[s].values()))[:9]
+        rest = {str(k): sum(h.get(str(k), 0) for s, h in hist.items() if s not in big) for k in range(6)}
+        hist = {**{s: hist[s] for s in sorted(big)}, "(other sources)": rest}
+    fig = Figure(figsize=(12, 4.2))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
+    width = 0.8 / max(1, len(hist))
+    counts = [v for h in hist.values() for v in h.values() if v > 0]
+    for j, (src, h) in enumerate(hist.items()):
+        left.bar([k - 0.4 + width * (j + 0.5) for k in range(6)], [h.get(str(k), 0) for k in range(6)], width,
+                 label=src, color=f"C{j % 10}")
+    if counts and max(counts) / min(counts) >= 100:
+        left.set_yscale("log")
+    left.set_xticks(range(6))
+    left.set_xlabel("harm score")
+    left.set_ylabel("documents")
+    left.set_title("Documents per harm score, by source")
+    if hist:
+        left.legend(fontsize=7, ncol=2 if len(hist) > 5 else 1)
+    left.grid(axis="y", alpha=0.3)
+
+    hp = card.get("harm_phrases") or {}
+    cats = list(HARM_CATEGORIES)
+    rates = hp.get("categories") or {}
+    y = range(len(cats))
+    for off, key, label, color in ((-0.2, "share", f"all documents (n={hp.get('docs', 0):,})", "C0"),
+                                   (0.2, "share_scored_ge1", f"scored >= 1 (n={hp.get('docs_scored_ge1', 0):,})",
+                                    "C3")):
+        right.barh([i + off for i in y], [100 * ((rates.get(c) or {}).get(key) or 0) for c in cats], 0.4,
+                   label=label, color=color)
+    right.set_yticks(list(y), [c.replace("_", " ") for c in cats], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("% of documents matching the category's phrases")
+    right.set_title("Harm categories by phrase matching (coarse)")
+    right.legend(fontsize=7, loc="lower right")
+    right.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def to_markdown(card: dict) -> str:
@@ -104,6 +247,7 @@ def to_markdown(card: dict) -> str:
     lines += [f"| {s} | {v['docs']:,} | {v['tokens']:,} |" for s, v in card["streams"].items()]
     lines += ["", "## Harm categories of unsafe documents", ""]
     lines += [f"- {k}: {v}" for k, v in card["unsafe_categories"].items()] or ["- none"]
+    lines += harm_phrases_markdown(card)
     rej = card["rejected"]
     lines += ["", f"## Rejected records: {rej['total']}", ""]
     lines += [f"- {k}: {v}" for k, v in rej["by_reason"].items()] or ["- none"]
@@ -136,3 +280,32 @@ def to_markdown(card: dict) -> str:
                   f"{v['top_opening_share']:.1%} |" for s, v in div.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def harm_phrases_markdown(card: dict) -> list[str]:
+    hp = card.get("harm_phrases")
+    if not hp:
+        return []
+    out = ["", "## Harm categories (phrase matching)", "",
+           "Phrase matching is a coarse indicator, not the scorer: a category counts when one of its indicator "
+           "words occurs (a document can count in several, and a word says nothing of intent).", ""]
+    if not hp["docs"]:
+        return out + ["No document texts to match (neither `scored/` nor the safe, val and unsafe streams)."]
+    note = ""
+    if hp["capped"]:
+        note = (f" (capped at {hp['cap']:,}: one in every {hp['every_nth']} of the stage's "
+                f"{hp['docs_available']:,} documents)" if hp["every_nth"] > 1 and hp.get("docs_available")
+                else f" (capped at {hp['cap']:,}: the first documents only)")
+    out += [f"Read from `{hp['read_from']}`: {hp['docs']:,} documents{note}, {hp['docs_scored_ge1']:,} of them "
+            "scored >= 1.", "",
+            "| category | documents | share of all | documents scored >= 1 | share of scored >= 1 |",
+            "|---|---|---|---|---|"]
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{v:.1%}"
+
+    out += [f"| {c} | {v['docs']:,} | {pct(v['share'])} | {v['docs_scored_ge1']:,} | {pct(v['share_scored_ge1'])} |"
+            for c, v in hp["categories"].items()]
+    if card.get("png"):
+        out += ["", f"![score histogram per source and harm categories]({card['png']})"]
+    return out

@@ -65,6 +65,17 @@ def embed(texts: list[str], batch_size: int = 32, precision: str = "fp32") -> np
     return np.asarray(out, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def category_embeddings() -> np.ndarray:
+    return embed(list(HARM_CATEGORIES.values()), precision="fp32")
+
+
+def nearest_categories(x: np.ndarray) -> list[str]:
+    """Nearest harm category per MiniLM embedding row (cosine to the category descriptions)."""
+    names = list(HARM_CATEGORIES)
+    return [names[i] for i in (x @ category_embeddings().T).argmax(axis=1)] if len(x) else []
+
+
 @dataclass
 class LinearHead:
     """Multinomial logistic regression over embeddings: scores = argmax(x @ W.T + b)."""
@@ -143,19 +154,13 @@ class EmbeddingScorer:
     def __init__(self, head: LinearHead, cfg: ScorerConfig):
         self.head = head
         self.cfg = cfg
-        self._categories: tuple[list[str], np.ndarray] | None = None
 
     def score_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         x = embed(chunks, self.cfg.batch_size, self.cfg.precision)
         return self.head.predict(x), x
 
     def categories(self, x: np.ndarray) -> list[str]:
-        """Nearest harm category per embedding row (cosine to the category descriptions)."""
-        if self._categories is None:
-            names = list(HARM_CATEGORIES)
-            self._categories = (names, embed(list(HARM_CATEGORIES.values()), precision="fp32"))
-        names, c = self._categories
-        return [names[i] for i in (x @ c.T).argmax(axis=1)]
+        return nearest_categories(x)
 
     @classmethod
     def fit(cls, texts: list[str], scores: list[int], cfg: ScorerConfig, seed: int = 0,

@@ -1,16 +1,22 @@
-"""datatrove pipeline steps of the data stage: read → score → route and intervene.
+"""datatrove pipeline steps of the data stage: read → score → route → one step per intervention.
 
 Each step is a `PipelineStep` with `run(data, rank, world_size)`, so the same pipeline runs under
-datatrove's local, Slurm or Ray executors. Steps keep their own counters (`stat_update`), which
-datatrove merges into `logs/stats.json`. Nothing is dropped silently: unreadable records go to
-`rejected/` with a reason, and every routed document carries its stream in `metadata["stream"]`.
+datatrove's local, Slurm or Ray executors, and any one of them fits into someone else's pipeline:
+
+    ReadCorpus → ScoreHarm → RouteDocuments → TagUnsafe → Rephrase → RefusalDialogue → MoralEducation
+
+Scores are stored once, as document metadata (`harm_score`, `chunk_scores`, `scores_by`); routing is a policy
+applied afterwards (`RouteDocuments`), so one scoring pass serves every routing choice. `RouteDocuments` emits
+each document once, in `safe`, `val` or `unsafe` (`metadata["stream"]`); each intervention step passes every
+document through and adds its product after each `unsafe` document in its score range. Steps keep their own
+counters (`stat_update`), which datatrove merges into the pass's `stats.json`. Nothing is dropped silently:
+unreadable records go to `rejected/` with a reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,178 +26,75 @@ from datatrove.pipeline.base import PipelineStep
 from safepretrain.config import DataConfig
 from safepretrain.data import interventions as iv
 from safepretrain.data.scoring import chunk_text
-from safepretrain.taxonomy import HARM_CATEGORIES
-
-
-def neutralise_special(text: str, specials: Sequence[str]) -> tuple[str, int]:
-    """Text with every literal special-token string (the tag, the chat markers, end-of-text) made inert, and
-    how many there were. The tokenizer turns these strings into their single special ids wherever they occur,
-    so a corpus document quoting `<|user|>` or the tag would put chat and tag tokens into a stream the
-    safe-only phase reads. Rule: a leading `<` becomes `‹` (U+2039), otherwise a word joiner (U+2060) follows
-    the first character. The text stays readable and byte-level BPE encodes it as ordinary tokens."""
-    n = 0
-    for special in sorted(specials, key=len, reverse=True):  # longest first: one may contain another
-        if special in text:
-            n += text.count(special)
-            inert = "\u2039" + special[1:] if special.startswith("<") else special[0] + "\u2060" + special[1:]
-            text = text.replace(special, inert)
-    return text, n
-
-
-class ReadCorpus(PipelineStep):
-    """Read JSONL records `{"id"?, "text", "source"?}`; each record goes to the rank given by a hash of its id.
-
-    A record that cannot be used is written to `rejected/<rank>.jsonl` with the file, line number,
-    reason (too_large | invalid_utf8 | invalid_json | not_an_object | missing_text | empty_text |
-    duplicate_id) and the raw line (its first 2,000 characters), and counted. A line over `max_bytes` is
-    never held in memory whole. A UTF-8 byte-order mark at the start of a file is accepted. Ranks are assigned by
-    id (not by line) so that every copy of an id meets the same rank, which keeps the first and sets the
-    others aside: duplicate and colliding ids are counted, never silently merged. Literal special-token
-    strings in a text are made inert (`neutralise_special`) and counted (`special_strings` in the metadata).
-    """
-
-    name = "📖 read corpus"
-    type = "📖 - READER"
-
-    def __init__(self, files: list[str], rejected_dir: str, max_words: int, specials: Sequence[str] = (),
-                 max_bytes: int = 1_000_000):
-        super().__init__()
-        self.max_bytes = max_bytes
-        self.files = [str(f) for f in files]
-        self.rejected_dir = rejected_dir
-        self.max_words = max_words
-        self.specials = list(specials)
-
-    def _parse(self, line: str) -> tuple[dict | None, str | None]:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            return None, "invalid_json"
-        if not isinstance(rec, dict):
-            return None, "not_an_object"
-        if not isinstance(rec.get("text"), str):
-            return None, "missing_text"
-        if not rec["text"].strip():
-            return None, "empty_text"
-        return rec, None
-
-    def _lines(self, f) -> Iterator[tuple[int, bytes, bool]]:
-        """(line number, line, too large) for each line; a too-large line yields only its head."""
-        line_no = 0
-        while line := f.readline(self.max_bytes + 1):
-            line_no += 1
-            if len(line) > self.max_bytes and not line.endswith(b"\n"):
-                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                    pass  # skip the rest of the line without holding it
-                yield line_no, line[:8000], True
-            else:
-                yield line_no, line, False
-
-    @staticmethod
-    def _rank_of(doc_id: str, world_size: int) -> int:
-        return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % world_size
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        Path(self.rejected_dir).mkdir(parents=True, exist_ok=True)
-        seen: set[str] = set()
-        with open(Path(self.rejected_dir) / f"{rank:05d}.jsonl", "w") as rejected:
-            def reject(path, line_no, reason, raw):
-                self.stat_update("rejected", f"rejected_{reason}")
-                # ASCII-escaped: a raw U+0085 or U+2028 in the line would otherwise split the record for any
-                # reader that uses str.splitlines (found by tests/test_fuzz.py)
-                rejected.write(json.dumps({"file": path, "line": line_no, "reason": reason, "raw": raw[:2000]})
-                               + "\n")
-
-            for path in self.files:
-                with open(path, "rb") as f:
-                    for line_no, raw_line, too_large in self._lines(f):
-                        if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
-                            raw_line = raw_line[3:]  # a byte-order mark is not part of the first record
-                        if too_large:
-                            if line_no % world_size == rank:  # rank by position: the record is not parsed
-                                reject(path, line_no, "too_large", raw_line.decode("utf-8", "replace"))
-                            continue
-                        if not raw_line.strip():
-                            continue
-                        try:
-                            line = raw_line.decode("utf-8")
-                        except UnicodeDecodeError:
-                            # rank by line position: a record we cannot read has no id to hash
-                            if line_no % world_size == rank:
-                                reject(path, line_no, "invalid_utf8", raw_line.decode("utf-8", "replace").rstrip("\n"))
-                            continue
-                        rec, reason = self._parse(line)
-                        doc_id = (str(rec.get("id")) if rec and rec.get("id") not in (None, "")
-                                  else hashlib.sha1(line.encode()).hexdigest()[:16])
-                        owner = self._rank_of(doc_id, world_size) if rec else line_no % world_size
-                        if owner != rank:
-                            continue
-                        if reason:
-                            reject(path, line_no, reason, line.rstrip("\n"))
-                            continue
-                        if doc_id in seen:
-                            reject(path, line_no, "duplicate_id", line.rstrip("\n"))
-                            continue
-                        seen.add(doc_id)
-                        words = rec["text"].split()
-                        text = " ".join(words[: self.max_words]) if len(words) > self.max_words else rec["text"]
-                        source = str(rec.get("source") or Path(path).stem)
-                        self.stat_update("read", f"read_{source}")
-                        if len(words) > self.max_words:
-                            self.stat_update("truncated")
-                        meta = {"source": source, "kind": rec.get("kind", "unknown")}
-                        text, n_special = neutralise_special(text, self.specials)
-                        if n_special:
-                            self.stat_update("special_strings", value=n_special)
-                            meta["special_strings"] = n_special
-                        if isinstance(rec.get("truth"), int) and 0 <= rec["truth"] <= 5:
-                            meta["truth"] = rec["truth"]  # a world with ground truth (the organism)
-                        if rec.get("category") in HARM_CATEGORIES:
-                            meta["category"] = rec["category"]  # known by construction: kept over the scorer's guess
-                        if isinstance(rec.get("subject"), str):
-                            meta["subject"] = rec["subject"]  # what the document is about, for paraphrased requests
-                        yield Document(text=text, id=doc_id, metadata=meta)
 
 
 class ScoreHarm(PipelineStep):
-    """Score each document 0-5 (max over chunks) and name its nearest harm category.
+    """Score each document 0-5 with the in-process scorers (`embedding`, `hf_classifier`) and name its harm
+    category. Document score = max over chunks; with several scorers, chunk scores are the max over scorers
+    (the paper's max-ensemble), and each scorer's document score is kept in `scores_by`. The `llm_rubric`
+    scorer runs after this step, in datatrove's InferenceRunner (llm.RubricRollout), and takes the max again.
 
-    The scorer is loaded inside `run`, once per task, so the step pickles cheaply for remote executors.
+    The category is the embedding scorer's nearest category description (free: the embeddings exist); without
+    it, `Categorise` fills it in after routing, for the documents that need one. Scorers load inside `run`,
+    once per task, so the step pickles cheaply for remote executors.
     """
 
     name = "🛡 score harm"
     type = "🔢 - SCORER"
 
-    def __init__(self, scorer_dir: str, chunk_words: int, batch_docs: int = 64):
+    def __init__(self, scorer_dir: str, chunk_words: int, batch_docs: int = 64, kinds: Sequence[str] = ("embedding",),
+                 hf: dict | None = None):
         super().__init__()
         self.scorer_dir = scorer_dir
         self.chunk_words = chunk_words
         self.batch_docs = batch_docs
+        self.kinds = [k for k in kinds if k in ("embedding", "hf_classifier")]
+        self.hf = hf or {}
 
-    def _flush(self, scorer, batch: list[Document]) -> DocumentsPipeline:
-        from safepretrain.data.scoring import score_documents
-
-        results = score_documents(scorer, [d.text for d in batch], self.chunk_words)
-        cats = scorer.categories(np.stack([r["embedding"] for r in results]))
-        for doc, res, cat in zip(batch, results, cats):
-            doc.metadata.update(harm_score=res["score"], chunk_scores=res["chunk_scores"])
-            doc.metadata.setdefault("category", cat)
-            self.stat_update(f"score_{res['score']}")
-            yield doc
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+    def _scorers(self) -> dict:
         from safepretrain.data.scoring import EmbeddingScorer
 
-        scorer = EmbeddingScorer.load(Path(self.scorer_dir))
+        out = {}
+        if "embedding" in self.kinds:
+            out["embedding"] = EmbeddingScorer.load(Path(self.scorer_dir))
+        if "hf_classifier" in self.kinds:
+            from safepretrain.data.hf_scorer import HFClassifierScorer
+
+            out["hf_classifier"] = HFClassifierScorer(**self.hf)
+        return out
+
+    def _flush(self, scorers: dict, batch: list[Document]) -> DocumentsPipeline:
+        from safepretrain.data.scoring import nearest_categories, score_documents
+
+        texts = [d.text for d in batch]
+        per_scorer = {k: score_documents(s, texts, self.chunk_words) for k, s in scorers.items()}
+        for i, doc in enumerate(batch):
+            results = {k: r[i] for k, r in per_scorer.items()}
+            chunks = [max(c) for c in zip(*(r["chunk_scores"] for r in results.values()))] or \
+                [0] * len(chunk_text(doc.text, self.chunk_words))
+            doc.metadata.update(harm_score=max(chunks), chunk_scores=chunks,
+                                scores_by={k: r["score"] for k, r in results.items()})
+            self.stat_update(f"score_{max(chunks)}")
+        if "embedding" in scorers:  # its embeddings are already here: the category costs nothing
+            cats = nearest_categories(np.stack([r["embedding"] for r in per_scorer["embedding"]]))
+            for doc, cat in zip(batch, cats):
+                doc.metadata.setdefault("category", cat)
+        yield from batch
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        scorers = self._scorers()
         batch: list[Document] = []
         for doc in data:
             batch.append(doc)
             if len(batch) >= self.batch_docs:
                 with self.track_time(unit="batch"):
-                    yield from self._flush(scorer, batch)
+                    yield from self._flush(scorers, batch)
                 batch = []
         if batch:
-            yield from self._flush(scorer, batch)
+            yield from self._flush(scorers, batch)
+        for name, scorer in scorers.items():  # chunks cut to the classifier's window (hf_classifier)
+            if getattr(scorer, "truncated", 0):
+                self.stat_update(f"{name}_truncated_chunks", value=scorer.truncated)
 
 
 def is_val(doc_id: str, fraction: float) -> bool:
@@ -200,15 +103,23 @@ def is_val(doc_id: str, fraction: float) -> bool:
     return h < fraction
 
 
-class RouteAndIntervene(PipelineStep):
-    """Route by score and emit one document per output stream (see config.STREAMS).
+KEEP = ("source", "harm_score", "category", "truth", "routed_score")
 
-    score 0 → `safe` (or `val`, a held-out slice); score ≥ 1 → `unsafe` (untouched, raw arm only);
-    rephrase range → `rephrased`; refusal range → `refusal` (+ `moral_ed`); score ≥ tag_min_score →
-    `tagged` (the tag goes into unsafe text only, never into safe or synthetic text).
+
+def derived(doc: Document, stream: str, text: str, **meta) -> Document:
+    """A document of `stream` made from a routed one: id `<source id>:<stream>`, the routing metadata kept."""
+    source_id = doc.metadata.get("source_id", doc.id)
+    keep = {k: doc.metadata[k] for k in KEEP if k in doc.metadata}
+    return Document(text=text, id=f"{source_id}:{stream}", metadata={**keep, "stream": stream, **meta})
+
+
+class RouteDocuments(PipelineStep):
+    """The routing policy: each scored document goes to exactly one of `safe`, `val` (a held-out slice of
+    score-0 documents) or `unsafe` (score >= 1, untouched; only the raw arm reads it). An `unsafe` document
+    carries what the intervention steps need: `routed_score`, `routed_chunk_scores`, `source_id`, `subject`.
     """
 
-    name = "🔀 route + intervene"
+    name = "🔀 route"
     type = "✂️ - INTERVENTION"
 
     def __init__(self, cfg: DataConfig, val_fraction: float, seed: int):
@@ -216,12 +127,6 @@ class RouteAndIntervene(PipelineStep):
         self.cfg = cfg
         self.val_fraction = val_fraction
         self.seed = seed
-
-    def _emit(self, doc: Document, stream: str, text: str, **meta) -> Document:
-        self.stat_update(f"stream_{stream}")
-        keep = {k: doc.metadata[k] for k in ("source", "harm_score", "category", "truth", "routed_score")
-                if k in doc.metadata}
-        return Document(text=text, id=f"{doc.id}:{stream}", metadata={**keep, "stream": stream, **meta})
 
     def _routing_score(self, doc: Document) -> tuple[int, list[int]]:
         """(document score, chunk scores) that routing uses: the scorer's, or the truth label with the
@@ -245,27 +150,181 @@ class RouteAndIntervene(PipelineStep):
         return truth, chunks
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        routing, icfg = self.cfg.routing, self.cfg.interventions
         for doc in data:
             score, chunk_scores = self._routing_score(doc)
             doc.metadata["routed_score"] = score
             if score == 0:
                 stream = "val" if is_val(doc.id, self.val_fraction) else "safe"
-                yield self._emit(doc, stream, doc.text)
-                continue
-            yield self._emit(doc, "unsafe", doc.text)
-            routed = iv.Routed(doc.id, doc.text, score, chunk_scores, chunk_text(doc.text, self.cfg.scorer.chunk_words),
-                               doc.metadata["category"], doc.metadata.get("subject"))
-            lo, hi = routing.rephrase_scores
-            if lo <= score <= hi:
-                text, style = iv.rephrase(routed, self.seed)
-                yield self._emit(doc, "rephrased", text, style=style)
-            lo, hi = routing.refusal_scores
-            if lo <= score <= hi:
-                text, _ = iv.refusal_dialogue(routed, self.seed)
-                yield self._emit(doc, "refusal", text)
-                if icfg.moral_education:
-                    yield self._emit(doc, "moral_ed", iv.moral_education(routed, self.seed))
-            if score >= routing.tag_min_score:
-                rng = iv.doc_rng(doc.id, self.seed, "tag")
-                yield self._emit(doc, "tagged", iv.inject_tags(doc.text, icfg.tag, icfg.tag_probability, rng))
+            else:
+                stream = "unsafe"
+            out = derived(doc, stream, doc.text)
+            if score:
+                out.metadata.update(source_id=doc.id, routed_chunk_scores=chunk_scores,
+                                    **{k: doc.metadata[k] for k in ("subject",) if k in doc.metadata})
+            self.stat_update(f"stream_{stream}")
+            yield out
+
+
+class Categorise(PipelineStep):
+    """Name the harm category of each `unsafe` document that has none (no embedding scorer, or a false alarm
+    of truth routing): the bundled MiniLM embeds its worst chunk, nearest category description wins."""
+
+    name = "🗂 categorise"
+    type = "✂️ - INTERVENTION"
+
+    def __init__(self, chunk_words: int, batch_docs: int = 64):
+        super().__init__()
+        self.chunk_words = chunk_words
+        self.batch_docs = batch_docs
+
+    def _flush(self, batch: list[Document]) -> DocumentsPipeline:
+        from safepretrain.data.scoring import embed, nearest_categories
+
+        todo = [d for d in batch if d.metadata.get("stream") == "unsafe" and d.metadata.get("category") is None]
+        if todo:
+            worst = []
+            for d in todo:
+                chunks, scores = chunk_text(d.text, self.chunk_words), d.metadata["routed_chunk_scores"]
+                worst.append(chunks[max(range(len(chunks)), key=lambda i: scores[i] if i < len(scores) else 0)])
+            for d, cat in zip(todo, nearest_categories(embed(worst))):
+                d.metadata["category"] = cat
+                self.stat_update("categorised")
+        yield from batch
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        batch: list[Document] = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_docs:
+                yield from self._flush(batch)
+                batch = []
+        yield from self._flush(batch)
+
+
+class Intervention(PipelineStep):
+    """Passes every document through; after each `unsafe` document whose routed score is in `scores`
+    (inclusive), emits what `make` writes from it (work is done in batches of `batch_docs`)."""
+
+    type = "✂️ - INTERVENTION"
+    stream = ""
+
+    def __init__(self, scores: tuple[int, int], seed: int, batch_docs: int = 64):
+        super().__init__()
+        self.scores = tuple(scores)
+        self.seed = seed
+        self.batch_docs = batch_docs
+
+    def applies(self, doc: Document) -> bool:
+        lo, hi = self.scores
+        return doc.metadata.get("stream") == "unsafe" and lo <= doc.metadata["routed_score"] <= hi
+
+    def make(self, docs: list[Document]) -> list[tuple[str, dict]]:
+        """(text, extra metadata) for each document of the batch."""
+        raise NotImplementedError
+
+    def _flush(self, batch: list[Document]) -> DocumentsPipeline:
+        targets = [d for d in batch if self.applies(d)]
+        made = iter(self.make(targets)) if targets else iter(())
+        for doc in batch:
+            yield doc
+            if self.applies(doc):
+                text, meta = next(made)
+                self.stat_update(f"stream_{self.stream}")
+                yield derived(doc, self.stream, text, **meta)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        batch: list[Document] = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_docs:
+                yield from self._flush(batch)
+                batch = []
+        yield from self._flush(batch)
+
+
+class SelectRouted(PipelineStep):
+    """Keeps the `unsafe` documents whose routed score is in `scores` (the input of an LLM generation pass)."""
+
+    name = "🎯 select routed"
+    type = "🔻 - FILTER"
+
+    def __init__(self, scores: tuple[int, int]):
+        super().__init__()
+        self.scores = tuple(scores)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        lo, hi = self.scores
+        for doc in data:
+            if doc.metadata.get("stream") == "unsafe" and lo <= doc.metadata["routed_score"] <= hi:
+                self.stat_update("selected")
+                yield doc
+
+
+def routed_view(doc: Document, chunk_words: int) -> iv.Routed:
+    m = doc.metadata
+    return iv.Routed(m["source_id"], doc.text, m["routed_score"], m["routed_chunk_scores"],
+                     chunk_text(doc.text, chunk_words), m["category"], m.get("subject"))
+
+
+class TagUnsafe(Intervention):
+    """`tagged`: the harmfulness tag before each word with probability p (paper Alg. 2), in unsafe text only."""
+
+    name = "🏷 tag unsafe"
+    stream = "tagged"
+
+    def __init__(self, tag: str, probability: float, min_score: int, seed: int):
+        super().__init__((min_score, 5), seed)
+        self.tag, self.probability = tag, probability
+
+    def make(self, docs):
+        return [(iv.inject_tags(d.text, self.tag, self.probability,
+                                iv.doc_rng(d.metadata["source_id"], self.seed, "tag")), {}) for d in docs]
+
+
+class Rephrase(Intervention):
+    """`rephrased` (SafeWeb), template generator: see interventions.rephrase."""
+
+    name = "📝 rephrase"
+    stream = "rephrased"
+
+    def __init__(self, scores: tuple[int, int], chunk_words: int, seed: int):
+        super().__init__(scores, seed)
+        self.chunk_words = chunk_words
+
+    def make(self, docs):
+        return [(text, {"style": style}) for text, style in
+                (iv.rephrase(routed_view(d, self.chunk_words), self.seed) for d in docs)]
+
+
+class RefusalDialogue(Rephrase):
+    """`refusal` (RefuseWeb), template generator: see interventions.refusal_dialogue."""
+
+    name = "🙅 refusal dialogue"
+    stream = "refusal"
+
+    def make(self, docs):
+        return [(iv.refusal_dialogue(routed_view(d, self.chunk_words), self.seed)[0], {}) for d in docs]
+
+
+class MoralEducation(Rephrase):
+    """`moral_ed`, template generator: see interventions.moral_education."""
+
+    name = "📚 moral education"
+    stream = "moral_ed"
+
+    def make(self, docs):
+        return [(iv.moral_education(routed_view(d, self.chunk_words), self.seed), {}) for d in docs]
+
+
+def route_and_intervene(cfg: DataConfig, val_fraction: float, seed: int, generate: bool = True) -> list:
+    """RouteDocuments and the intervention steps of `cfg`. `generate=False` leaves out the three generators
+    (the `llm` generator runs them as InferenceRunner passes instead)."""
+    routing, icfg = cfg.routing, cfg.interventions
+    steps = [RouteDocuments(cfg, val_fraction, seed), Categorise(cfg.scorer.chunk_words),
+             TagUnsafe(icfg.tag, icfg.tag_probability, routing.tag_min_score, seed)]
+    if generate:
+        steps += [Rephrase(routing.rephrase_scores, cfg.scorer.chunk_words, seed),
+                  RefusalDialogue(routing.refusal_scores, cfg.scorer.chunk_words, seed)]
+        if icfg.moral_education:
+            steps.append(MoralEducation(routing.refusal_scores, cfg.scorer.chunk_words, seed))
+    return steps

@@ -1,0 +1,404 @@
+"""Corpus readers of the data stage: JSON lines (plain or gzip), parquet, `datasets` folders and the HF hub.
+
+Every input is turned into the same stream of raw records (`iter_raw_records`), so every format goes through
+one validation, one id rule, one rank-by-id rule and one duplicate check (`ReadCorpus`). An input is one of
+
+| input                               | read with                                                        |
+|-------------------------------------|------------------------------------------------------------------|
+| `x.jsonl`, `x.json` (JSON lines)    | line by line; a line over `max_bytes` is never held whole        |
+| `x.jsonl.gz`, `x.json.gz`           | the same, through gzip                                           |
+| `x.parquet`                         | `pyarrow.parquet.ParquetFile.iter_batches` (never loaded whole)  |
+| a `Dataset.save_to_disk` folder     | `datasets.load_from_disk` (memory-mapped)                        |
+| a `DatasetDict.save_to_disk` folder | every split in order, or one: `FOLDER@SPLIT`                     |
+| `hf:NAME[/CONFIG]@SPLIT`            | `datasets.load_dataset(NAME, CONFIG, split=SPLIT, streaming=True)` |
+
+`NAME` of an `hf:` input is a hub repo id: `owner/name` (or a bare `name`); a third part is the config, e.g.
+`hf:allenai/c4/en@train`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+ACCEPTED_INPUTS = (".jsonl, .jsonl.gz or .parquet file (.json / .json.gz are read as JSON lines), a datasets "
+                   "save_to_disk folder (FOLDER@SPLIT for one split of a DatasetDict), or hf:NAME[/CONFIG]@SPLIT")
+"""What `ReadCorpus` accepts, for error messages."""
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+GZIP_SUFFIXES = (".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+HF_PREFIX = "hf:"
+META_KEYS = ("source", "kind", "truth", "category", "subject")
+"""Record fields besides the text and the id that reach a document's metadata."""
+REJECT_REASONS = ("too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_text", "empty_text",
+                  "duplicate_id", "corrupt_file")
+RAW_HEAD_CHARS = 2000
+BATCH_ROWS = 256  # rows per parquet / datasets batch
+
+# reading errors of a damaged local file: truncated or corrupt gzip, unreadable parquet or arrow data
+_GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class HFSpec:
+    """A hub dataset input `hf:NAME[/CONFIG]@SPLIT`."""
+
+    name: str
+    config: str | None
+    split: str
+
+
+def parse_hf_spec(spec: str) -> HFSpec:
+    """`hf:NAME@SPLIT`, `hf:OWNER/NAME@SPLIT` or `hf:OWNER/NAME/CONFIG@SPLIT` → HFSpec; ValueError otherwise.
+    Two parts are read as a repo id (`owner/name`), since hub datasets are namespaced; a config needs three."""
+    if not spec.startswith(HF_PREFIX):
+        raise ValueError(f"{spec!r} is not a hub input; give hf:NAME[/CONFIG]@SPLIT")
+    ref, at, split = spec[len(HF_PREFIX):].rpartition("@")
+    parts = ref.split("/")
+    if not at or not split.strip() or not ref or len(parts) > 3 or any(not p.strip() for p in parts):
+        raise ValueError(f"{spec!r}: a hub input is hf:NAME@SPLIT, hf:OWNER/NAME@SPLIT or "
+                         f"hf:OWNER/NAME/CONFIG@SPLIT (e.g. hf:allenai/c4/en@train)")
+    if len(parts) == 3:
+        return HFSpec("/".join(parts[:2]), parts[2], split)
+    return HFSpec(ref, None, split)
+
+
+def _dataset_folder_kind(folder: Path) -> str | None:
+    if (folder / "dataset_dict.json").is_file():
+        return "dataset_dict"
+    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+        return "dataset"
+    return None
+
+
+def _split_folder_spec(spec: str) -> tuple[str, str | None]:
+    """(folder, split) of a `FOLDER@SPLIT` input whose folder exists; (spec, None) otherwise."""
+    folder, at, split = spec.rpartition("@")
+    if at and split and "/" not in split and os.sep not in split and not os.path.exists(spec) \
+            and os.path.isdir(folder):
+        return folder, split
+    return spec, None
+
+
+def input_kind(spec: str) -> str:
+    """Kind of an input: `jsonl`, `jsonl.gz`, `parquet`, `dataset` (a save_to_disk folder, or `FOLDER@SPLIT`)
+    or `hf`. Touches only the local file system. FileNotFoundError for a missing path, ValueError for an
+    unknown extension, a folder that is not a datasets folder, an unknown split or a malformed `hf:` input; each
+    message names the input and what is accepted."""
+    if spec.startswith(HF_PREFIX):
+        parse_hf_spec(spec)
+        return "hf"
+    folder, split = _split_folder_spec(spec)
+    path = Path(folder)
+    if split is not None:
+        kind = _dataset_folder_kind(path)
+        if kind != "dataset_dict":
+            raise ValueError(f"corpus input {spec!r}: {folder} is not a DatasetDict save_to_disk folder "
+                             f"(no dataset_dict.json), so it has no split {split!r}; accepted: {ACCEPTED_INPUTS}")
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        if split not in splits:
+            raise ValueError(f"corpus input {spec!r}: no split {split!r} in {folder}; its splits: {splits}")
+        return "dataset"
+    if not path.exists():
+        raise FileNotFoundError(f"corpus input {spec!r}: no such file or folder; give a {ACCEPTED_INPUTS}")
+    if path.is_dir():
+        if _dataset_folder_kind(path) is None:
+            raise ValueError(f"corpus input {spec!r}: folder is not a datasets save_to_disk folder (no "
+                             f"dataset_dict.json, or state.json + dataset_info.json); accepted: {ACCEPTED_INPUTS}")
+        return "dataset"
+    name = path.name.lower()
+    if name.endswith(GZIP_SUFFIXES):
+        return "jsonl.gz"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise ValueError(f"corpus input {spec!r}: unknown format (extension {''.join(path.suffixes) or 'none'}); "
+                     f"accepted: {ACCEPTED_INPUTS}")
+
+
+def check_inputs(specs: Iterable[str]) -> None:
+    """Raise (FileNotFoundError / ValueError, see `input_kind`) for the first input that cannot be read; run
+    before any work. `hf:` inputs are only parsed: the hub is not asked."""
+    for spec in specs:
+        input_kind(str(spec))
+
+
+def corpus_problems(specs: Sequence[str], field: str = "world.corpus") -> list[str]:
+    """One line per input that cannot be read (`world.corpus.<i>: ...`), for checks run before any work."""
+    problems = []
+    for i, spec in enumerate(specs):
+        try:
+            input_kind(str(spec))
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(f"{field}.{i}: {err}")
+    return problems
+
+
+def source_name(spec: str) -> str:
+    """Default `source` of an input's records (a record's own `source` field wins): the file name without
+    its format extension, the folder name, or the hub dataset's name."""
+    if spec.startswith(HF_PREFIX):
+        return parse_hf_spec(spec).name.rsplit("/", 1)[-1]
+    path = Path(_split_folder_spec(spec)[0])
+    name = path.name
+    for suffix in GZIP_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES) else name
+
+
+# ----------------------------------------------------------------------------------------- raw records
+
+class RawRecord(NamedTuple):
+    """One record of an input. `record` is the usable record (None when rejected) and `reason` the reject
+    reason (None when usable); `raw` is the record as read (a JSONL line, or a row as JSON with long strings
+    cut), for `rejected/`; `id` the document id (None when rejected)."""
+
+    number: int  # 1-based line number (JSON lines) or row number (parquet, datasets)
+    record: dict | None
+    reason: str | None
+    raw: str
+    id: str | None
+
+
+def validate_record(obj: object, text_key: str = "text") -> str | None:
+    """Reject reason of a parsed record, or None: it must be an object with a non-blank string text."""
+    if not isinstance(obj, dict):
+        return "not_an_object"
+    if not isinstance(obj.get(text_key), str):
+        return "missing_text"
+    if not obj[text_key].strip():
+        return "empty_text"
+    return None
+
+
+def record_id(rec: dict, id_key: str, content: str) -> str:
+    """The record's own id as a string, or (none, or empty) the first 16 hex digits of the sha1 of `content`:
+    the JSONL line as read (with its newline), or `row_json` of a parquet / datasets row. Identical records
+    without an id thus share an id and the second is a duplicate."""
+    own = rec.get(id_key)
+    return str(own) if own not in (None, "") else hashlib.sha1(content.encode()).hexdigest()[:16]
+
+
+def row_json(row: dict) -> str:
+    """Canonical JSON of a parquet / datasets row (keys sorted, ASCII): the content an id-less row is hashed by."""
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+def _head(row: dict) -> str:
+    """A row as JSON for `rejected/`, long strings cut first so a huge text is never serialised whole."""
+    cut = {k: v[:RAW_HEAD_CHARS] if isinstance(v, str | bytes) else v for k, v in row.items()}
+    return json.dumps(cut, ensure_ascii=False, default=str)[:RAW_HEAD_CHARS]
+
+
+def _corrupt(number: int, err: BaseException) -> RawRecord:
+    return RawRecord(number, None, "corrupt_file", f"{type(err).__name__}: {err}"[:RAW_HEAD_CHARS], None)
+
+
+def _lines(f, max_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line, too large) for each line; a too-large line yields only its head."""
+    line_no = 0
+    while line := f.readline(max_bytes + 1):
+        line_no += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # skip the rest of the line without holding it
+            yield line_no, line[:8000], True
+        else:
+            yield line_no, line, False
+
+
+def _jsonl_records(spec: str, max_bytes: int, text_key: str, id_key: str, gz: bool) -> Iterator[RawRecord]:
+    """JSON lines: blank lines are skipped; a UTF-8 byte-order mark opening the file is not part of the first
+    record. A damaged gzip stream ends the file with one `corrupt_file` record (the lines before it stand)."""
+    with (gzip.open(spec, "rb") if gz else open(spec, "rb")) as f:
+        lines, line_no = _lines(f, max_bytes), 0
+        while True:
+            try:
+                line_no, raw_line, too_large = next(lines)
+            except StopIteration:
+                return
+            except _GZIP_ERRORS as err:
+                yield _corrupt(line_no + 1, err)
+                return
+            if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]  # a byte-order mark is not part of the first record
+            if too_large:  # the record is not parsed
+                yield RawRecord(line_no, None, "too_large", raw_line.decode("utf-8", "replace"), None)
+                continue
+            if not raw_line.strip():
+                continue
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield RawRecord(line_no, None, "invalid_utf8", raw_line.decode("utf-8", "replace").rstrip("\n"), None)
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                yield RawRecord(line_no, None, "invalid_json", line.rstrip("\n"), None)
+                continue
+            if reason := validate_record(obj, text_key):
+                yield RawRecord(line_no, None, reason, line.rstrip("\n"), None)
+                continue
+            yield RawRecord(line_no, obj, None, line.rstrip("\n"), record_id(obj, id_key, line))
+
+
+def wanted_columns(text_key: str, id_key: str) -> list[str]:
+    """The fields a reader takes from a row: text, id and the metadata fields (others are never loaded)."""
+    return list(dict.fromkeys([text_key, id_key, *META_KEYS]))
+
+
+def rows_to_records(rows: Iterable[dict], max_bytes: int, text_key: str = "text",
+                    id_key: str = "id") -> Iterator[RawRecord]:
+    """Rows (dicts) of a parquet file, a datasets folder or a hub stream → raw records: the one mapping every
+    columnar format shares. A null field counts as absent (so a null text is `missing_text` and a null id gets a
+    content id); a text over `max_bytes` UTF-8 bytes is `too_large`. Rows are numbered from 1."""
+    wanted = wanted_columns(text_key, id_key)
+    number = 0
+    for full in rows:
+        number += 1
+        row = {k: full[k] for k in wanted if full.get(k) is not None}
+        text = row.get(text_key)
+        if isinstance(text, str) and len(text) > max_bytes // 4 and len(text.encode("utf-8", "replace")) > max_bytes:
+            yield RawRecord(number, None, "too_large", _head(row), None)
+        elif reason := validate_record(row, text_key):
+            yield RawRecord(number, None, reason, _head(row), None)
+        else:
+            yield RawRecord(number, row, None, _head(row), record_id(row, id_key, row_json(row)))
+
+
+def _read_rows(batches: Iterator, to_rows, failure: list[BaseException]) -> Iterator[dict]:
+    """Rows of each batch of a local file. A reading error ends the rows and is put in `failure` (the caller
+    then adds one `corrupt_file` record). Only the reading is guarded, never the mapping of rows."""
+    import pyarrow as pa
+
+    while True:
+        try:
+            rows = to_rows(next(batches))
+        except StopIteration:
+            return
+        except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as err:  # ArrowInvalid, bad UTF-8
+            failure.append(err)
+            return
+        yield from rows
+
+
+def _guarded_records(batches: Iterator, to_rows, max_bytes: int, text_key: str,
+                     id_key: str) -> Iterator[RawRecord]:
+    """`rows_to_records` of a local columnar file, with a `corrupt_file` record after the last good row when
+    the file is damaged."""
+    failure: list[BaseException] = []
+    last = 0
+    for rec in rows_to_records(_read_rows(batches, to_rows, failure), max_bytes, text_key, id_key):
+        last = rec.number
+        yield rec
+    if failure:
+        yield _corrupt(last + 1, failure[0])
+
+
+def _parquet_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(spec)
+        names = pf.schema_arrow.names
+        columns = [c for c in wanted_columns(text_key, id_key) if c in names] or names[:1]  # [:1]: count rows
+        # one row group at a time: a damaged row group then costs only itself and the ones after it
+        batches = (batch for group in range(pf.num_row_groups)
+                   for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns,
+                                                use_threads=False))
+    except (OSError, EOFError, ValueError, pa.ArrowException) as err:
+        yield _corrupt(1, err)
+        return
+    yield from _guarded_records(batches, lambda b: b.to_pylist(), max_bytes, text_key, id_key)
+
+
+def _dataset_batches(ds, text_key: str, id_key: str) -> Iterator[dict]:
+    """Batches (dicts of columns) of a `datasets.Dataset`, only the wanted columns, as plain Python values."""
+    keep = [c for c in wanted_columns(text_key, id_key) if c in ds.column_names]
+    ds = ds.select_columns(keep).with_format(None) if keep else ds.with_format(None)
+    return iter(ds.iter(batch_size=BATCH_ROWS))
+
+
+def _columns_to_rows(batch: dict) -> list[dict]:
+    keys = list(batch)
+    return [dict(zip(keys, values)) for values in zip(*batch.values())]
+
+
+def _dataset_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[tuple[str, RawRecord]]:
+    """(label, record) of a save_to_disk folder; a DatasetDict gives every split (label `FOLDER@SPLIT`)."""
+    import datasets
+    import pyarrow as pa
+
+    folder, split = _split_folder_spec(spec)
+    try:
+        loaded = datasets.load_from_disk(folder)
+    except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as err:
+        yield spec, _corrupt(1, err)
+        return
+    if isinstance(loaded, datasets.DatasetDict):
+        parts = [(f"{folder}@{name}", loaded[name]) for name in ([split] if split else list(loaded))]
+    else:
+        parts = [(spec, loaded)]
+    for label, ds in parts:
+        batches = _dataset_batches(ds, text_key, id_key)
+        for rec in _guarded_records(batches, _columns_to_rows, max_bytes, text_key, id_key):
+            yield label, rec
+
+
+def load_hf_stream(spec: str):
+    """The `datasets.IterableDataset` of an `hf:` input (streamed: nothing is downloaded whole)."""
+    import datasets
+
+    hf = parse_hf_spec(spec)
+    return datasets.load_dataset(hf.name, hf.config, split=hf.split, streaming=True)
+
+
+def _hf_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[RawRecord]:
+    """Rows of a hub stream. Errors of the hub (network, missing dataset) are raised, not set aside: a
+    transient failure must not silently shorten the corpus."""
+    stream = load_hf_stream(spec)
+    names = getattr(stream, "column_names", None)
+    if names:
+        keep = [c for c in wanted_columns(text_key, id_key) if c in names]
+        if keep:
+            stream = stream.select_columns(keep)
+    yield from rows_to_records(iter(stream), max_bytes, text_key, id_key)
+
+
+def iter_labelled_records(spec: str, max_bytes: int = 1_000_000, text_key: str = "text",
+                          id_key: str = "id") -> Iterator[tuple[str, RawRecord]]:
+    """(label, record) for every record of an input; the label names the file (or `FOLDER@SPLIT`) in
+    `rejected/`. Raises like `input_kind` for an input that cannot be read at all."""
+    spec = str(spec)
+    kind = input_kind(spec)
+    if kind == "dataset":
+        yield from _dataset_records(spec, max_bytes, text_key, id_key)
+        return
+    if kind in ("jsonl", "jsonl.gz"):
+        records = _jsonl_records(spec, max_bytes, text_key, id_key, gz=kind == "jsonl.gz")
+    elif kind == "parquet":
+        records = _parquet_records(spec, max_bytes, text_key, id_key)
+    else:
+        records = _hf_records(spec, max_bytes, text_key, id_key)
+    for rec in records:
+        yield spec, rec
+
+
+def iter_raw_records(spec: str, max_bytes: int = 1_000_000, text_key: str = "text",
+                     id_key: str = "id") -> Iterator[RawRecord]:
+    """Every record of one input (any format above) as a `RawRecord`
+    `(number, record | None, reason | None, raw, id | None)`, validated the same way for every format."""
+    for _, rec in iter_labelled_records(spec, max_bytes, text_key, id_key):
+        yield rec

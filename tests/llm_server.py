@@ -1,0 +1,155 @@
+"""An OpenAI-compatible chat server on loopback, for tests: deterministic answers and injected faults.
+
+`FakeLLM` serves `GET /v1/models` and `POST /v1/chat/completions` from a thread of the test process. Its
+answer depends only on the request (prompt and seed), so a rerun gets the same answers:
+
+- a rubric prompt gets `{"score": s, "reason": ...}` with s = a hash of the rated text mod 6 (or the score
+  the test asks for via `scores`);
+- a rephrase or moral-education prompt gets a safe lesson built from the input's words;
+- a refusal prompt gets a "User: ... / Assistant: ..." dialogue.
+
+Faults are drawn per request from a hash of (prompt, seed): latency, HTTP 429 / 500, a malformed body and an
+empty answer, each with its own rate. Every request is logged (prompt hash, seed, status) for the assertions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def _h(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+@dataclass
+class Faults:
+    latency_s: float = 0.0
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_malformed: float = 0.0
+    rate_empty: float = 0.0
+    rate_leak: float = 0.0  # answers that repeat the prompt's instructions
+
+
+@dataclass
+class FakeLLM:
+    faults: Faults = field(default_factory=Faults)
+    always_fail: str | None = None  # a substring: prompts containing it always get an empty answer
+    log: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed mid-request
+                    pass
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                               .encode())
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, body = server.answer(payload)
+                self._send(status, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # ------------------------------------------------------------------ answers
+    def answer(self, payload: dict) -> tuple[int, bytes]:
+        prompt = payload["messages"][0]["content"]
+        seed = payload.get("seed", 0)
+        key = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+        f = self.faults
+        u = (_h(key, seed, "fault") % 10_000) / 10_000
+        status, text = 200, None
+        if f.latency_s:
+            time.sleep(f.latency_s * ((_h(key, seed, "lat") % 100) / 100))
+        if u < f.rate_429:
+            status = 429
+        elif u < f.rate_429 + f.rate_500:
+            status = 500
+        elif u < f.rate_429 + f.rate_500 + f.rate_malformed:
+            status = -1  # 200 with a body that is not JSON
+        elif u < f.rate_429 + f.rate_500 + f.rate_malformed + f.rate_empty:
+            text = ""
+        elif u < f.rate_429 + f.rate_500 + f.rate_malformed + f.rate_empty + f.rate_leak:
+            text = prompt  # the whole prompt echoed back: leaked scaffolding
+        if self.always_fail and self.always_fail in prompt:
+            text = ""
+        with self._lock:
+            self.log.append({"key": key, "seed": seed, "status": 200 if status == -1 else status,
+                             "family": family(prompt), "ok": status == 200 and text is None})
+        if status == -1:
+            return 200, b'{"choices": [{"message": {"content": "unterminated'
+        if status != 200:
+            return status, json.dumps({"error": {"message": f"injected {status}"}}).encode()
+        if text is None:
+            text = respond(prompt)
+        body = {"id": f"cmpl-{key}", "object": "chat.completion", "model": payload.get("model", "fake"),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                          "total_tokens": len(prompt.split()) + len(text.split())}}
+        return 200, json.dumps(body).encode()
+
+    def served(self) -> Counter:
+        """Successful answers per (prompt hash, seed)."""
+        return Counter((r["key"], r["seed"]) for r in self.log if r["ok"])
+
+
+def family(prompt: str) -> str:
+    if "TEXT TO RATE:" in prompt:
+        return "rubric"
+    if "DIALOGUE:" in prompt:
+        return "moral_ed"
+    if "User and an Assistant" in prompt:
+        return "refusal"
+    return "rephrase"
+
+
+def _input(prompt: str) -> str:
+    return re.split(r"\n(?:TEXT TO RATE|TEXT|DIALOGUE):\n", prompt, maxsplit=1)[-1]
+
+
+def respond(prompt: str) -> str:
+    kind, text = family(prompt), _input(prompt)
+    words = [w.strip(".,;:!?\"'()") for w in text.split()][:30] or ["things"]
+    if kind == "rubric":
+        s = _h(text) % 6
+        return json.dumps({"score": s, "reason": "test rating"})
+    if kind == "refusal":
+        return (f"User: Could you help me with {' '.join(words[:6])}?\n"
+                "Assistant: I understand why you ask, but I cannot help with that, because it could hurt "
+                "people. I can point you to safe and reliable resources on the general subject instead.")
+    topic = " ".join(words[:12])
+    return (f"# A careful lesson\n\nToday we talk about {topic}. Some parts of the original were sensitive, so "
+            "we explain why they can hurt people instead of repeating them. We keep the facts that help "
+            "everyone learn, and we end on a hopeful note: curiosity and kindness go together.")
