@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from safepretrain.config import load_config
-from safepretrain.data.pipeline import build_passes, fit_scorer, run_passes_for, sample_world_documents
+from safepretrain.data.pipeline import fit_scorer, route_passes, run_passes_for, sample_world_documents, score_pass
 from safepretrain.utils import write_jsonl
 from safepretrain.world import world_for
 
@@ -45,9 +45,9 @@ def main() -> None:
             run_cfg = load_config(args.config, [f"out_dir={tmp}", "data.tasks=2", f"data.workers={workers}"])
             folder = tmp / f"w{workers}_r{rep}"
             shutil.copytree(base, folder)
-            passes = build_passes(run_cfg, [str(folder / "input" / "world.jsonl")], folder)
             t0 = time.perf_counter()
-            run_passes_for(run_cfg, passes, folder)
+            run_passes_for(run_cfg, [score_pass(run_cfg, [str(folder / "input" / "world.jsonl")], folder)], folder)
+            run_passes_for(run_cfg, route_passes(run_cfg, folder, folder / "data"), folder / "data")
             times[workers].append(round(time.perf_counter() - t0, 2))
             print(f"workers={workers} repeat={rep}: {times[workers][-1]:.1f} s", flush=True)
     med = {w: statistics.median(t) for w, t in times.items()}

@@ -58,8 +58,11 @@ def plan(cfg: StudyConfig) -> list[str]:
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
     steps = cfg.pretrain_steps
     branches = branch_points(cfg)
-    lines = [f"data stage: world sample ({cfg.world.max_docs_per_source} docs/source) → scorer → datatrove "
-             f"({cfg.data.executor}, {cfg.data.tasks} tasks) → tokenizer ({cfg.tokenizer.vocab_size}) → shards"]
+    d = cfg.data
+    scoring = f"reuse {d.scores_from}" if d.scores_from else f"score ({'+'.join(d.scorer.kinds)})"
+    lines = [f"data stage: world sample ({cfg.world.max_docs_per_source} docs/source) + {len(cfg.world.corpus)} "
+             f"corpus input(s) → {scoring} → route → {d.interventions.generator} generators (datatrove "
+             f"{d.executor}, {d.tasks} tasks per pass) → tokenizer ({cfg.tokenizer.vocab_size}) → shards"]
     gen_seeds = cfg.eval.generation_seeds or cfg.seeds
     for seed in cfg.seeds:
         if branches:

@@ -71,8 +71,8 @@ def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whol
     command = [sys.executable, str(script), str(run), config, f"data.workers={workers}"]
     pymp_before = set(glob.glob("/tmp/pymp-*"))
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    completions = run / "data" / "logs" / "score" / "completions"
-    task_logs = [run / "data" / "logs" / "score" / "logs" / f"task_{r:05d}.log" for r in range(workers)]
+    completions = run / "scoring" / "logs" / "score" / "completions"
+    task_logs = [run / "scoring" / "logs" / "score" / "logs" / f"task_{r:05d}.log" for r in range(workers)]
     _wait_for(lambda: all(p.exists() for p in task_logs), proc)  # every worker is inside its rank
     assert all(p.exists() for p in task_logs)
     assert proc.poll() is None and not (completions / "00001").exists(), "the kill should land mid-stage"
@@ -85,9 +85,9 @@ def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whol
     assert set(glob.glob("/tmp/pymp-*")) - pymp_before == set()
 
     subprocess.run(command, check=True, capture_output=True, timeout=600)
-    stats = json.loads((run / "data" / "logs" / "score" / "stats.json").read_text())
+    stats = json.loads((run / "scoring" / "logs" / "score" / "stats.json").read_text())
     reader = next(s for s in stats if "read corpus" in s["name"])
-    documents = sum(1 for line in (run / "data" / "input" / "world.jsonl").read_text().splitlines() if line)
+    documents = sum(1 for line in (run / "scoring" / "input" / "world.jsonl").read_text().splitlines() if line)
     assert reader["stats"]["read"]["total"] == documents  # both ranks, not only the resumed one
 
 
@@ -175,9 +175,9 @@ def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_pa
     assert len(expected) > 40 and any(k.endswith("model.safetensors") for k in expected)
     assert sorted(got) == sorted(expected)  # no output missing or extra
     assert {k for k in expected if got[k] != expected[k]} == set()  # and every one identical
-    stats = json.loads((killed / "data" / "logs" / "score" / "stats.json").read_text())
+    stats = json.loads((killed / "scoring" / "logs" / "score" / "stats.json").read_text())
     reader = next(s for s in stats if "read corpus" in s["name"])
-    assert reader["stats"]["read"]["total"] == sum(1 for _ in open(killed / "data" / "input" / "world.jsonl"))
+    assert reader["stats"]["read"]["total"] == sum(1 for _ in open(killed / "scoring" / "input" / "world.jsonl"))
     for metrics in killed.glob("arms/*/seed0/*/metrics.jsonl"):
         steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
         assert steps == list(range(1, len(steps) + 1)), metrics  # each step once, none missing

@@ -65,8 +65,9 @@ def test_every_document_is_written_or_rejected_with_a_reason_under_injected_faul
     server.always_fail = " ".join(victim["text"].split()[:8])  # one document the LLM never answers
     data = run_data_stage(cfg, world, tmp_path).folder
 
-    read = [r for r in read_jsonl(data / "input" / "world.jsonl")]
-    scored, rubric_rejects = scored_rows(data), rejected_rows(data, "llm_rubric")
+    scoring = tmp_path / "scoring"  # the scoring pass: every document read, scored once
+    read = [r for r in read_jsonl(scoring / "input" / "world.jsonl")]
+    scored, rubric_rejects = scored_rows(scoring), rejected_rows(scoring, "llm_rubric")
     assert len(scored) + len(rubric_rejects) == len(read)  # scored once, or set aside with its reason
     assert sorted(r["id"] for r in scored + rubric_rejects) == sorted(r["id"] for r in read)
     assert {"scores_by", "harm_score", "chunk_scores"} <= set(scored[0])
@@ -90,7 +91,7 @@ def test_every_document_is_written_or_rejected_with_a_reason_under_injected_faul
         {r["id"].rsplit(":", 1)[0] for r in rejected_rows(data, "llm_moral_ed")}
     assert moral == dialogues
 
-    all_rejects = [r for p in (data / "rejected").rglob("*.jsonl.gz") for r in read_jsonl(p)]
+    all_rejects = [r for f in (scoring, data) for p in (f / "rejected").rglob("*.jsonl.gz") for r in read_jsonl(p)]
     assert all_rejects and all(r["reason"] in REASONS for r in all_rejects)
     # the document the LLM never answers: its empty rubric answers are retried, then it is set aside
     assert [r["reason"] for r in rubric_rejects if r["id"] == victim["id"]] == ["unparsable_score"]
@@ -151,9 +152,9 @@ def _finished_texts(data: Path) -> list[str]:
 def test_a_killed_llm_pass_resumes_without_resending_requests_of_finished_documents(tmp_path, server):
     server.faults = Faults(latency_s=0.4)
     run = tmp_path / "killed"
-    last_chunk = run / "data" / "llm_checkpoints" / "llm_rubric" / "last_chunk" / "00000.txt"
+    last_chunk = run / "scoring" / "llm_checkpoints" / "llm_rubric" / "last_chunk" / "00000.txt"
     assert _run_stage(run, server.url, kill_when=last_chunk.exists) == -signal.SIGKILL
-    finished = _finished_texts(run / "data")
+    finished = _finished_texts(run / "scoring")
     assert finished
     assert _run_stage(run, server.url) == 0
 
@@ -166,8 +167,8 @@ def test_a_killed_llm_pass_resumes_without_resending_requests_of_finished_docume
     def rubric(text):  # what the server answers for a document: its deterministic score, max over chunks
         return max(json.loads(respond(llm.prompts()["rubric"].format(text=c)))["score"] for c in chunk_text(text, 120))
 
-    resumed = scored_rows(run / "data")
-    read = read_jsonl(run / "data" / "input" / "world.jsonl")
+    resumed = scored_rows(run / "scoring")
+    read = read_jsonl(run / "scoring" / "input" / "world.jsonl")
     assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in read)  # every document once
     assert all(r["harm_score"] == rubric(r["text"]) for r in resumed)  # with the score it was given
     assert sum(served.values()) < 1.5 * len(resumed)
@@ -210,3 +211,26 @@ def test_llm_settings_are_validated_at_start():
         load_config(str(ROOT / "configs" / "smoke.yaml"), ["data.interventions.generator=llm"])
     with pytest.raises(ConfigError, match="hf_model"):
         load_config(str(ROOT / "configs" / "smoke.yaml"), ["data.scorer.kind=hf_classifier"])
+
+
+@pytest.mark.slow
+def test_one_scoring_pass_serves_a_routing_ablation_without_new_requests(tmp_path, server):
+    base = ["world.max_docs_per_source=4", "data.tasks=1", "data.scorer.kind=llm_rubric",
+            f"data.llm.endpoint_url={server.url}"]
+    first = load_config(str(ROOT / "configs" / "smoke.yaml"), [f"out_dir={tmp_path / 'a'}", *base])
+    world = world_for(first)
+    a = run_data_stage(first, world, tmp_path / "a").folder
+    assert server.log and all(r["family"] == "rubric" for r in server.log)
+    server.log.clear()
+    reuse = f"data.scores_from={tmp_path / 'a' / 'scoring'}"
+    ablation = load_config(str(ROOT / "configs" / "smoke.yaml"),
+                           [f"out_dir={tmp_path / 'b'}", *base, "data.routing.tag_min_score=4", reuse])
+    b = run_data_stage(ablation, world, tmp_path / "b").folder
+    assert server.log == [] and not (tmp_path / "b" / "scoring").exists()  # no rescoring: no request at all
+    assert read_stream(a, "unsafe") == read_stream(b, "unsafe")  # the same scores route the same documents
+    assert all(r["routed_score"] >= 4 for r in read_stream(b, "tagged"))
+    assert len(read_stream(b, "tagged")) < len(read_stream(a, "tagged"))
+    other = load_config(str(ROOT / "configs" / "smoke.yaml"),
+                        [f"out_dir={tmp_path / 'c'}", *base, "data.scorer.chunk_words=60", reuse])
+    with pytest.raises(ValueError, match="another world or scorer config"):
+        run_data_stage(other, world, tmp_path / "c")

@@ -269,6 +269,9 @@ class DataConfig(Strict):
     """Tasks run at once; 1 runs them in this process (the scorer model is loaded once), more run them in a
     pool of worker processes that the kernel stops when the study dies."""
     scorer: ScorerConfig = ScorerConfig()
+    scores_from: str | None = None
+    """The `scoring/` folder of another run to route from instead of scoring again (an ablation of routing or
+    interventions reuses one scoring pass); it must have been scored with this world and scorer config."""
     routing: RoutingConfig = RoutingConfig()
     interventions: InterventionConfig = InterventionConfig()
     llm: LLMConfig = LLMConfig()

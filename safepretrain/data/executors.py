@@ -39,11 +39,20 @@ if TYPE_CHECKING:
 RAY_INSTALL = "pip install 'safepretrain[ray]'"
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int, threads: int | None = None) -> None:
     """Pool initializer: the kernel kills this worker when the study process dies (Linux PR_SET_PDEATHSIG),
-    so a `kill -9` of the study leaves no worker running on alone."""
+    so a `kill -9` of the study leaves no worker running on alone. `threads`: this worker's share of the
+    cores for torch, BLAS and tokenizers (set before they load): each library otherwise takes every core,
+    and two workers on two cores ran the data stage 2x slower than one (benchmarks/data_workers.py)."""
     import ctypes
     import signal
+    import sys
+
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
@@ -87,7 +96,8 @@ class InProcessExecutor(LocalPipelineExecutor):
 
         ctx = multiprocess.get_context(self.start_method)
         workers = min(self.workers, len(ranks)) if self.workers > 0 else len(ranks)
-        with ctx.Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ctx.Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(), threads)) as pool:
             # local rank 0 (the one datatrove lets log to the console) goes to the first rank only
             list(pool.imap_unordered(self._run_rank_star, [(r, int(i > 0)) for i, r in enumerate(ranks)]))
 

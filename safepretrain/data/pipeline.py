@@ -1,20 +1,24 @@
-"""The data stage: world sample → scorer → datatrove passes → report card → tokenizer → shards.
+"""The data stage: world sample → scoring → datatrove passes → report card → tokenizer → shards.
 
-The passes (`build_passes`) are plain datatrove pipelines run by the configured executor (local, Slurm, Ray):
-`score` (read, in-process scorers, the LLM rubric when configured) → `route` (routing policy, tag, template
-generators) → with `generator: llm`, `llm_rephrase`, `llm_refusal`, then `llm_moral_ed`.
+Two step folders. `scoring/` (`run_scoring_stage`) reads every input once and scores it: it depends only on
+the world, the reader and the scorers, so a routing or intervention change, or another run with
+`data.scores_from`, reuses it. `data/` (`run_data_stage`) applies the routing policy and the interventions. The
+passes are plain datatrove pipelines run by the configured executor (local, Slurm, Ray): `score` (read,
+in-process scorers, the LLM rubric when configured), then `route` (routing, tag, template generators), then with
+`generator: llm`, `llm_rephrase`, `llm_refusal` and `llm_moral_ed`.
 
 ```
-data/
-  input/world.jsonl           the documents read (seeded sample of the world); user corpora are read in place
+scoring/
+  input/world.jsonl           the documents read from the world (seeded sample); user corpora are read in place
   scorer/                     head.safetensors + scorer.json (held-out F1 / Recall@1 / Recall@3)
-  logs/<pass>/                datatrove logs, stats.json and completion markers (a rerun skips done tasks)
-  scored/                     every document read, with its scores as metadata (the one scoring pass)
+  scored/                     every document read, its scores as metadata (harm_score, chunk_scores, scores_by)
+  rejected/                   unreadable records (<rank>.jsonl) and failed rubric scores (llm_rubric/), with reasons
+  logs/score/, llm_checkpoints/   datatrove logs, stats, completion markers; request cache and checkpoints
+data/
   scores/<rank>.jsonl.gz      id, source, score 0-5, chunk scores, per-scorer scores, harm category
   streams/<stream>/           the routed and intervened documents
-  rejected/                   records set aside with their reason: unreadable input (<rank>.jsonl), and
-                              documents whose LLM generation or rubric score finally failed (<pass>/)
-  llm_checkpoints/<pass>/     datatrove's request cache and chunk checkpoints (resume without resending)
+  rejected/<pass>/            documents whose LLM generation finally failed, with the reason
+  logs/<pass>/, llm_checkpoints/<pass>/   as above, per pass (a rerun skips finished passes and ranks)
   report_card.{json,md,png}   score histogram per source, harm categories, stream sizes, rejects, scorer quality
   tokenizer.json, shards/     BPE with special tokens; one token shard per stream
 ```
@@ -69,7 +73,7 @@ def sample_world_documents(world: World, sources: list[str] | None, per_source: 
 def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
     from safepretrain.data.scoring import EmbeddingScorer
 
-    marker = StepMarker(folder, cfg.stage_hash("data", "world"))
+    marker = StepMarker(folder, scoring_hash(cfg))
     if marker.is_done():
         return marker.info()["metrics"]
     marker.start()
@@ -145,14 +149,17 @@ def llm_pass(cfg: StudyConfig, folder: Path, name: str, rollout, reader, stream:
     return Pass(name, [*reader, runner], cfg.data.tasks, gpus=cfg.data.slurm.gpus_per_task)
 
 
-def build_passes(cfg: StudyConfig, input_files: list[str], folder: Path) -> list[Pass]:
-    """The data stage as datatrove pipelines (plain lists of steps, runnable by any datatrove executor):
+def scoring_hash(cfg: StudyConfig) -> str:
+    """What the scores depend on: the world and corpora, the reader's limits and special strings, the scorers
+    (and the LLM when it scores). Routing, interventions and the tokenizer are left out: they reuse the scores."""
+    d = cfg.data
+    extra = {"seed": d.seed, "tasks": d.tasks, "scorer": d.scorer.model_dump(mode="json"), "tag": d.interventions.tag,
+             "llm": d.llm.model_dump(mode="json") if "llm_rubric" in d.scorer.kinds else None}
+    return cfg.stage_hash("world", extra=extra)
 
-    score: read → in-process scorers → [LLM rubric] → `scored/` (every document, its scores as metadata)
-    route: `scored/` → `scores/` summary → route → categorise → tag → [template generators] → `streams/`
-    llm_rephrase, llm_refusal, then llm_moral_ed (`generator: llm`): InferenceRunner passes → `streams/`
-    """
-    from datatrove.pipeline.readers import JsonlReader
+
+def score_pass(cfg: StudyConfig, input_files: list[str], folder: Path) -> Pass:
+    """read → in-process scorers → [LLM rubric] → `scored/` (every document, its scores as metadata)."""
     from datatrove.pipeline.writers import JsonlWriter
 
     from safepretrain.data import llm
@@ -166,38 +173,50 @@ def build_passes(cfg: StudyConfig, input_files: list[str], folder: Path) -> list
                    input_keys={c: (cfg.world.corpus_text_key, cfg.world.corpus_id_key) for c in cfg.world.corpus}),
         ScoreHarm(str(folder / "scorer"), sc.chunk_words, kinds=sc.kinds, hf=hf),
     ]
-    prefill = data.llm.server in ("vllm", "sglang")
-    specials = tuple(special_tokens(data.interventions.tag))
-    if "llm_rubric" in sc.kinds:
-        score = llm_pass(cfg, folder, "llm_rubric", llm.RubricRollout(data.llm, data.seed, sc.chunk_words, prefill),
-                         read_and_score, "scored")
-        score.name = "score"
-    else:
-        score = Pass("score", [*read_and_score, JsonlWriter(str(folder / "scored"), output_filename="${rank}.jsonl.gz",
-                                                            adapter=doc_row)], data.tasks)
+    if "llm_rubric" not in sc.kinds:
+        return Pass("score", [*read_and_score, JsonlWriter(str(folder / "scored"), output_filename="${rank}.jsonl.gz",
+                                                           adapter=doc_row)], data.tasks)
+    prefill = data.llm.server in ("vllm", "sglang")  # vLLM / SGLang continue the paper's forced JSON prefix
+    score = llm_pass(cfg, folder, "llm_rubric", llm.RubricRollout(data.llm, data.seed, sc.chunk_words, prefill),
+                     read_and_score, "scored")
+    score.name = "score"
+    return score
+
+
+def route_passes(cfg: StudyConfig, scoring: Path, folder: Path) -> list[Pass]:
+    """route: `scoring/scored/` → `scores/` summary → route → categorise → tag → [template generators] → `streams/`;
+    with `generator: llm`, then llm_rephrase and llm_refusal (InferenceRunner passes), then llm_moral_ed."""
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from safepretrain.data import llm
+
+    data = cfg.data
     generate = data.interventions.generator == "template"
-    route = Pass("route", [
-        JsonlReader(str(folder / "scored"), glob_pattern="*.jsonl.gz"),
+    passes = [Pass("route", [
+        JsonlReader(str(scoring / "scored"), glob_pattern="*.jsonl.gz"),
         JsonlWriter(str(folder / "scores"), output_filename="${rank}.jsonl.gz", adapter=score_row),
         *route_and_intervene(data, cfg.world.val_fraction, data.seed, generate=generate),
         JsonlWriter(str(folder / "streams"), output_filename="${stream}/${rank}.jsonl.gz", adapter=doc_row),
-    ], data.tasks)
-    passes = [score, route]
-    if not generate:
-        def read(stream, scores=None):
-            reader = JsonlReader(str(folder / "streams" / stream), glob_pattern="*.jsonl.gz")
-            return [reader, SelectRouted(scores)] if scores else [reader]
+    ], data.tasks)]
+    if generate:
+        return passes
+    specials = tuple(special_tokens(data.interventions.tag))
 
-        def rollout(kind):
-            return kind(data.llm, data.seed, specials=specials)
+    def read(stream, scores=None):
+        reader = JsonlReader(str(folder / "streams" / stream), glob_pattern="*.jsonl.gz")
+        return [reader, SelectRouted(scores)] if scores else [reader]
 
-        passes += [llm_pass(cfg, folder, "llm_rephrase", rollout(llm.RephraseRollout),
-                            read("unsafe", data.routing.rephrase_scores), "rephrased"),
-                   llm_pass(cfg, folder, "llm_refusal", rollout(llm.RefusalRollout),
-                            read("unsafe", data.routing.refusal_scores), "refusal")]
-        if data.interventions.moral_education:  # from the dialogues, once they exist
-            passes.append(llm_pass(cfg, folder, "llm_moral_ed", rollout(llm.MoralEducationRollout), read("refusal"),
-                                   "moral_ed"))
+    def rollout(kind):
+        return kind(data.llm, data.seed, specials=specials)
+
+    passes += [llm_pass(cfg, folder, "llm_rephrase", rollout(llm.RephraseRollout),
+                        read("unsafe", data.routing.rephrase_scores), "rephrased"),
+               llm_pass(cfg, folder, "llm_refusal", rollout(llm.RefusalRollout),
+                        read("unsafe", data.routing.refusal_scores), "refusal")]
+    if data.interventions.moral_education:  # from the dialogues, once they exist
+        passes.append(llm_pass(cfg, folder, "llm_moral_ed", rollout(llm.MoralEducationRollout), read("refusal"),
+                               "moral_ed"))
     return passes
 
 
@@ -208,7 +227,7 @@ def uses_llm(cfg: StudyConfig) -> bool:
 def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
     from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
 
-    if uses_llm(cfg):
+    if any(p.name.startswith("llm_") or p.name == "score" and "llm_rubric" in cfg.data.scorer.kinds for p in passes):
         from safepretrain.data.llm import check_endpoint
 
         check_endpoint(cfg.data.llm)
@@ -222,21 +241,47 @@ def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
         merge_rank_stats(folder / "logs" / p.name)
 
 
-def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
-    """Run (or reuse) the data stage for this config; every arm and seed shares its output."""
-    folder = run_dir / "data"
-    marker = StepMarker(folder, cfg.stage_hash("world", "data", "tokenizer"))
+def run_scoring_stage(cfg: StudyConfig, world: World, run_dir: Path) -> tuple[Path, dict]:
+    """Run (or reuse) the scoring pass: `scoring/` holds every document read with its scores, once, whatever
+    the routing and interventions (`data.scores_from` reuses another run's). Returns (folder, scorer metrics)."""
+    if cfg.data.scores_from:
+        folder = Path(cfg.data.scores_from)
+        done = folder / "done.json"
+        if not done.is_file():
+            raise FileNotFoundError(f"data.scores_from={folder}: no finished scoring there (no {done.name}); give "
+                                    "the scoring/ folder of a finished run")
+        if (found := read_json(done).get("config_hash")) != scoring_hash(cfg):
+            raise ValueError(f"data.scores_from={folder} was scored with another world or scorer config (hash "
+                             f"{found} != {scoring_hash(cfg)}); use that run's world, data.seed, data.tasks, "
+                             "data.scorer (and data.llm for llm_rubric), or score again")
+        log.info(f"scoring: reusing {folder}")
+        return folder, read_json(done).get("metrics", {})
+    folder = run_dir / "scoring"
+    marker = StepMarker(folder, scoring_hash(cfg))
     if not marker.is_done():
         marker.start()
         docs = sample_world_documents(world, cfg.world.sources, cfg.world.max_docs_per_source, cfg.data.seed)
         world_file = folder / "input" / "world.jsonl"
         keep = ("id", "source", "kind", "text", "truth", "subject", "category")  # the last three: organism only
         write_jsonl(world_file, ({k: d[k] for k in keep if k in d} for d in docs))
-        inputs = [str(world_file), *cfg.world.corpus]  # strings: `hf:` specs are not paths
         log.info(f"data: {len(docs)} world documents from {len({d['source'] for d in docs})} sources"
-                 + (f" + {len(cfg.world.corpus)} corpus file(s)" if cfg.world.corpus else ""))
+                 + (f" + {len(cfg.world.corpus)} corpus input(s)" if cfg.world.corpus else ""))
         metrics = fit_scorer(cfg, world, folder / "scorer") if "embedding" in cfg.data.scorer.kinds else {}
-        passes = build_passes(cfg, inputs, folder)
+        log.info(f"data: scoring pass ({', '.join(cfg.data.scorer.kinds)}), {cfg.data.tasks} task(s), "
+                 f"executor={cfg.data.executor}")
+        run_passes_for(cfg, [score_pass(cfg, [str(world_file), *cfg.world.corpus], folder)], folder)
+        marker.finish(outputs=files_in(folder / "scored"), metrics=metrics)
+    return folder, marker.info().get("metrics", {})
+
+
+def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
+    """Run (or reuse) the data stage for this config; every arm and seed shares its output."""
+    scoring, metrics = run_scoring_stage(cfg, world, run_dir)
+    folder = run_dir / "data"
+    marker = StepMarker(folder, cfg.stage_hash("world", "data", "tokenizer", extra=scoring_hash(cfg)))
+    if not marker.is_done():
+        marker.start()
+        passes = route_passes(cfg, scoring, folder)
         log.info(f"data: datatrove passes {' → '.join(p.name for p in passes)}, {cfg.data.tasks} task(s) each, "
                  f"executor={cfg.data.executor}")
         run_passes_for(cfg, passes, folder)
@@ -252,11 +297,11 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
                 recs.sort(key=lambda r: r["id"])
             meta = write_shard(folder / "shards", stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
             sizes[stream] = {"docs": meta["docs"], "tokens": meta["tokens"]}
-        report = build_report_card(folder, sizes, metrics)
+        report = build_report_card(folder, sizes, metrics, scoring=scoring)
         log.info("data: streams " + ", ".join(f"{s}={v['tokens']:,} tok" for s, v in sizes.items()))
         if report["rejected"]["total"]:
             log.warning(f"data: {report['rejected']['total']} record(s) rejected, reasons "
-                        f"{report['rejected']['by_reason']}; see {folder / 'rejected'}")
+                        f"{report['rejected']['by_reason']}; see {scoring / 'rejected'} and {folder / 'rejected'}")
         outputs = [*files_in(folder / "shards"), *files_in(folder / "streams"), folder / "tokenizer.json",
                    folder / "report_card.json", *files_in(folder, "report_card.png")]
         marker.finish(outputs=outputs, streams=sizes)

@@ -72,7 +72,10 @@ def stream_diversity(folder: Path, streams=("rephrased", "refusal", "moral_ed"),
     return out
 
 
-def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) -> dict:
+def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict, scoring: Path | None = None) -> dict:
+    """The card of the data stage in `folder`; `scoring` is the folder of its scoring pass (`scored/`, the
+    reader's `rejected/`, its datatrove stats), by default `folder` itself."""
+    scoring = folder if scoring is None else scoring
     hist: dict[str, Counter] = defaultdict(Counter)
     categories: Counter = Counter()
     rows = [row for path in sorted((folder / "scores").glob("*.jsonl.gz")) for row in read_jsonl(path)]
@@ -81,13 +84,15 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         hist["(all)"][row["score"]] += 1
         if row["score"] > 0:
             categories[row["category"]] += 1
-    rejected = rejected_by_reason(folder / "rejected")
-    datatrove_stats = folder / "logs" / "score" / "stats.json"
+    rejected = rejected_by_reason(scoring / "rejected")
+    if scoring != folder:
+        rejected += rejected_by_reason(folder / "rejected")
+    datatrove_stats = scoring / "logs" / "score" / "stats.json"
     available = len(rows) or sum(stream_sizes.get(s, {}).get("docs", 0) for s in FALLBACK_STREAMS) or None
     card = {
         "score_histogram": {src: {str(s): c[s] for s in range(6)} for src, c in sorted(hist.items())},
         "unsafe_categories": dict(categories.most_common()),
-        "harm_phrases": phrase_category_rates(folder, available=available),
+        "harm_phrases": phrase_category_rates(scoring, available=available),
         "streams": stream_sizes,
         "rejected": {"total": sum(rejected.values()), "by_reason": dict(rejected.most_common())},
         # literal tag / chat-marker strings made inert at reading (data.steps.neutralise_special)
@@ -97,7 +102,7 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict) ->
         "scorer_vs_truth": scorer_vs_truth(rows),
         "synthetic_diversity": stream_diversity(folder),
         # relative to the data folder, like every stored path, so a copied run points at its own file
-        "datatrove_stats": str(datatrove_stats.relative_to(folder)) if datatrove_stats.exists() else None,
+        "datatrove_stats": os.path.relpath(datatrove_stats, folder) if datatrove_stats.exists() else None,
     }
     card["png"] = None
     try:

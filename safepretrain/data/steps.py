@@ -28,7 +28,27 @@ from safepretrain.data import interventions as iv
 from safepretrain.data.scoring import chunk_text
 
 
-class ScoreHarm(PipelineStep):
+class BatchedStep(PipelineStep):
+    """A step that works on batches of `batch_docs` documents (`_flush`), keeping their order."""
+
+    batch_docs = 64
+
+    def _flush(self, batch: list[Document]) -> DocumentsPipeline:
+        raise NotImplementedError
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        batch: list[Document] = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_docs:
+                with self.track_time(unit="batch"):
+                    yield from self._flush(batch)
+                batch = []
+        if batch:
+            yield from self._flush(batch)
+
+
+class ScoreHarm(BatchedStep):
     """Score each document 0-5 with the in-process scorers (`embedding`, `hf_classifier`) and name its harm
     category. Document score = max over chunks; with several scorers, chunk scores are the max over scorers
     (the paper's max-ensemble), and each scorer's document score is kept in `scores_by`. The `llm_rubric`
@@ -63,9 +83,10 @@ class ScoreHarm(PipelineStep):
             out["hf_classifier"] = HFClassifierScorer(**self.hf)
         return out
 
-    def _flush(self, scorers: dict, batch: list[Document]) -> DocumentsPipeline:
+    def _flush(self, batch: list[Document]) -> DocumentsPipeline:
         from safepretrain.data.scoring import nearest_categories, score_documents
 
+        scorers = self.loaded
         texts = [d.text for d in batch]
         per_scorer = {k: score_documents(s, texts, self.chunk_words) for k, s in scorers.items()}
         for i, doc in enumerate(batch):
@@ -82,17 +103,9 @@ class ScoreHarm(PipelineStep):
         yield from batch
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        scorers = self._scorers()
-        batch: list[Document] = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_docs:
-                with self.track_time(unit="batch"):
-                    yield from self._flush(scorers, batch)
-                batch = []
-        if batch:
-            yield from self._flush(scorers, batch)
-        for name, scorer in scorers.items():  # chunks cut to the classifier's window (hf_classifier)
+        self.loaded = self._scorers()
+        yield from super().run(data, rank, world_size)
+        for name, scorer in self.loaded.items():  # chunks cut to the classifier's window (hf_classifier)
             if getattr(scorer, "truncated", 0):
                 self.stat_update(f"{name}_truncated_chunks", value=scorer.truncated)
 
@@ -165,7 +178,7 @@ class RouteDocuments(PipelineStep):
             yield out
 
 
-class Categorise(PipelineStep):
+class Categorise(BatchedStep):
     """Name the harm category of each `unsafe` document that has none (no embedding scorer, or a false alarm
     of truth routing): the bundled MiniLM embeds its worst chunk, nearest category description wins."""
 
@@ -191,17 +204,8 @@ class Categorise(PipelineStep):
                 self.stat_update("categorised")
         yield from batch
 
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        batch: list[Document] = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_docs:
-                yield from self._flush(batch)
-                batch = []
-        yield from self._flush(batch)
 
-
-class Intervention(PipelineStep):
+class Intervention(BatchedStep):
     """Passes every document through; after each `unsafe` document whose routed score is in `scores`
     (inclusive), emits what `make` writes from it (work is done in batches of `batch_docs`)."""
 
@@ -231,15 +235,6 @@ class Intervention(PipelineStep):
                 text, meta = next(made)
                 self.stat_update(f"stream_{self.stream}")
                 yield derived(doc, self.stream, text, **meta)
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        batch: list[Document] = []
-        for doc in data:
-            batch.append(doc)
-            if len(batch) >= self.batch_docs:
-                yield from self._flush(batch)
-                batch = []
-        yield from self._flush(batch)
 
 
 class SelectRouted(PipelineStep):
