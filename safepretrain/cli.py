@@ -4,6 +4,7 @@
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT --task T [--prompts FILE] [--decoder D] [--arm A --seed K --stage S]
     safepretrain export CHECKPOINT --to DIR
+    safepretrain serve CHECKPOINT [--host H] [--port P] [--max-concurrency N] [--max-tokens-cap N]
     safepretrain data eval-scorer [CONFIG] [--labels FILE] [--out DIR] [key=value ...]
     safepretrain world build [--out DIR] [--cache DIR]
     safepretrain world info [--pack DIR]
@@ -30,16 +31,21 @@ def _study(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={args.out}")
     try:
         cfg = load_config(config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
+        print(dump_config(cfg))
+        print("# planned steps")
+        for line in plan(cfg):
+            print(f"- {line}")
+    try:
         validate_against_world(cfg)
         check_run_dir(cfg.run_dir)
     except (ConfigError, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(dump_config(cfg))
-        print("# planned steps")
-        for line in plan(cfg):
-            print(f"- {line}")
         return 0
     try:
         run_study(cfg)
@@ -90,6 +96,21 @@ def _export(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported: {out} (LlamaForCausalLM, tokenizer, chat template)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from safepretrain.serve import ServeError, serve
+
+    if args.max_concurrency < 1 or args.max_tokens_cap < 1 or args.max_request_bytes < 1:
+        print("error: --max-concurrency, --max-tokens-cap and --max-request-bytes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        serve(Path(args.checkpoint), host=args.host, port=args.port, max_concurrency=args.max_concurrency,
+              max_tokens_cap=args.max_tokens_cap, max_request_bytes=args.max_request_bytes, device=args.device)
+    except ServeError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -166,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint", help="a checkpoint folder of a run, e.g. RUN/arms/raw/seed0/ift/ckpt/step_000064")
     x.add_argument("--to", required=True, help="new or empty output folder")
     x.set_defaults(func=_export)
+
+    v = sub.add_parser("serve", help="serve a checkpoint over the OpenAI API (completions, chat, our decoders)")
+    v.add_argument("checkpoint", help="a checkpoint folder of a run, e.g. RUN/arms/raw/seed0/ift/ckpt/step_000064")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-concurrency", type=int, default=4,
+                   help="generations at once; more requests queue, and 429 once the queue is full")
+    v.add_argument("--max-tokens-cap", type=int, default=256, help="largest max_tokens a request may ask for")
+    v.add_argument("--max-request-bytes", type=int, default=65536, help="largest request body (else 413)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    v.set_defaults(func=_serve)
 
     d = sub.add_parser("data", help="data-stage tools")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from safepretrain.config import ModelConfig
 
@@ -167,6 +168,8 @@ class Transformer(nn.Module):
         # not persistent: derived from the config, so checkpoints hold weights only
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # training-only switch (set by train()): recompute each block in backward instead of storing activations
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         for block in self.blocks:  # GPT-2 scaled init: each block adds two residual writes
             for w in (block.attn.wo.weight, block.mlp.w2.weight):
@@ -197,8 +200,12 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.cos[:T], self.sin[:T]  # (T, hd/2), broadcast over batch and heads
         x = self.tok_emb(tokens)  # (B, T, D)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin)
+            if recompute:  # non-reentrant: works with autocast, DDP and FSDP2, and with inputs lacking grads
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
         logits = self.head(self.norm(x))  # (B, T, V)
         if targets is None:
             return logits, None

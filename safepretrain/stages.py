@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safepretrain.checkpoint import latest_checkpoint
 from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
-from safepretrain.curriculum import CurriculumSampler, arm_schedule
+from safepretrain.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.posttrain import benign_ft_examples, ift_examples
@@ -36,7 +36,9 @@ def _finished(marker: StepMarker, run_dir: Path) -> StageOutput:
 
 
 def _sampler(cfg: StudyConfig, arm: ArmConfig, data: DataArtifacts, seed: int) -> CurriculumSampler:
-    schedule = arm_schedule(arm, cfg.curriculum, {s: len(sh) for s, sh in data.shards.items()})
+    stream_tokens = {s: len(sh) for s, sh in data.shards.items()}
+    check_data_budget(cfg.curriculum, stream_tokens)  # before the first step: the trunk and every arm build here
+    schedule = arm_schedule(arm, cfg.curriculum, stream_tokens)
     return CurriculumSampler(schedule, data.shards, cfg.pretrain.batch_size, cfg.pretrain.seq_len, seed)
 
 
@@ -97,6 +99,12 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     for phase in sampler.schedule.phases:
         log.info(f"[{label}] phase {phase.name} from token {phase.start_token:,}: "
                  + ", ".join(f"{s} {w:.1%}" for s, w in phase.weights.items()))
+    for ramp in sampler.schedule.ramps:
+        log.info(f"[{label}] {ramp.stream} ramps in linearly over tokens {ramp.start_token:,}-{ramp.end_token:,}")
+    if cfg.curriculum.dose == "matched" and run.arm.data == "curriculum":
+        dose = match_dose(cfg.curriculum, {s: len(sh) for s, sh in data.shards.items()})
+        log.info(f"[{label}] dose matched: {dose.target:,.0f} expected intervention tokens per arm"
+                 + (f"; left out (no interventions): {list(dose.excluded)}" if dose.excluded else ""))
     branch = branch_points(cfg).get(run.arm.name)
     if trunk is not None and branch is not None:
         log.info(f"[{label}] branching from the safe-only trunk at step {branch}")

@@ -13,6 +13,7 @@ The study holds the run directory's lock from start to end, so two studies never
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -52,6 +53,8 @@ def validate_against_world(cfg: StudyConfig) -> None:
 
 def plan(cfg: StudyConfig) -> list[str]:
     """Human-readable list of the steps `run_study` will run (`--dry-run`)."""
+    from safepretrain.curriculum import describe_arm, dose_plan
+    from safepretrain.memory import memory_plan
     from safepretrain.stages import branch_points
 
     c = cfg.curriculum
@@ -70,16 +73,15 @@ def plan(cfg: StudyConfig) -> list[str]:
                          + ", ".join(f"{a} step {s}" for a, s in branches.items()))
         for arm in c.arms:
             switch = cfg.switch_step(arm)
-            if arm.data == "raw":
-                when = f"raw streams {c.raw_streams} throughout"
-            else:
-                when = (f"{c.safe_streams} until step {switch}, then {c.intervention_streams}" if switch is not None
-                        else f"{c.safe_streams} throughout (interventions never start)")
+            when = describe_arm(arm, c) + (f"; switch at step {switch}" if switch is not None else "")
             lines.append(f"seed {seed} arm {arm.name}: pretrain {steps} steps × {tps:,} tok ({when})")
             decoders = cfg.eval.decoders if seed in gen_seeds else ["likelihood and probes only"]
             lines.append(f"seed {seed} arm {arm.name}: IFT {cfg.ift.steps} steps (tags: {cfg.saw_tags(arm)}), "
                          f"benign FT {cfg.benign_ft.steps} steps (curve at {cfg.eval.benign_ft_curve}); "
                          f"eval base/ift/benign_ft × {decoders}")
+    if dose := dose_plan(c):
+        lines.append(dose)
+    lines += memory_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", 8)))
     lines.append("report: results.csv, report.md, findings, plots")
     return lines
 

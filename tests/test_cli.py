@@ -16,7 +16,7 @@ def test_dry_run_prints_resolved_config_and_plan(tmp_path, capsys):
                  "curriculum.arms.2.start=0.5"]) == 0
     text = capsys.readouterr().out
     assert "token_budget: 20480" in text and "# planned steps" in text
-    assert "arm start_20: pretrain 40 steps" in text and "until step 20" in text
+    assert "arm start_20: pretrain 40 steps" in text and "switch at step 20" in text
     assert not out.exists()  # a dry run does no work
 
 

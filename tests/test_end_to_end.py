@@ -51,7 +51,7 @@ def test_run_directory_has_every_stage(smoke_run):
 
 def test_unreadable_records_are_set_aside_and_reported(smoke_run):
     out, _ = smoke_run
-    rejected = [json.loads(x) for p in sorted((out / "data" / "rejected").glob("*.jsonl"))
+    rejected = [json.loads(x) for p in sorted((out / "scoring" / "rejected").glob("*.jsonl"))  # the reader's
                 for x in p.read_text().splitlines()]
     assert sorted(r["reason"] for r in rejected) == ["invalid_json", "missing_text"]
     card = json.loads((out / "data" / "report_card.json").read_text())

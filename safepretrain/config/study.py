@@ -98,9 +98,18 @@ class StudyConfig(Strict):
         return step if step < self.pretrain_steps else None
 
     def saw_tags(self, arm: ArmConfig) -> bool:
-        """Whether `arm` read tagged text in pretraining: its switch falls inside the budget and the mix has
-        the tagged stream. Only such arms get tag-annotated instruction data (papers §5.1)."""
-        return self.switch_step(arm) is not None and "tagged" in self.curriculum.intervention_streams
+        """Whether `arm` read tagged text in pretraining: it reads the tagged stream (its `streams`) and that
+        stream's start (`starts`, else `start`) falls inside the budget. Only such arms get tag-annotated
+        instruction data (papers §5.1)."""
+        if arm.data == "raw":
+            return False
+        from safepretrain.curriculum import intervention_starts
+
+        start = intervention_starts(arm, self.curriculum).get("tagged")
+        if start is None:  # the arm never reads the tagged stream (e.g. a rung of the ablation ladder)
+            return False
+        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
+        return -(-round(start * self.curriculum.token_budget) // tokens_per_step) < self.pretrain_steps
 
     @property
     def run_dir(self) -> Path:

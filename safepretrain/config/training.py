@@ -17,7 +17,16 @@ class ArmConfig(Strict):
     """`raw`: untouched data (safe + unsafe streams) throughout. `curriculum`: safe-only, then the mix."""
     start: float | None = None
     """Fraction of the token budget after which the interventions start (0 = from the first step,
-    1 = never). Required for `curriculum` arms, not allowed for `raw`."""
+    1 = never): the arm's switch. Required for `curriculum` arms (or implied by `starts`), not allowed for `raw`."""
+    starts: dict[str, float] = {}
+    """Per-intervention starts (fractions of the budget), e.g. `{rephrased: 0.2, refusal: 0.6}`; a stream absent
+    here starts at `start`. `start` is the switch, so no value may be below it; left out, `start` = the earliest."""
+    ramp: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of the budget over which each intervention stream's weight rises linearly from 0 at its start to
+    its full mix weight (safe text fills the rest); 0 = a step change. Every start + ramp must be <= 1."""
+    streams: list[str] | None = None
+    """Streams this arm reads after its start, a subset of `curriculum.intervention_streams` (e.g. `[safe,
+    rephrased]` for an ablation ladder); null = all of them."""
 
     @field_validator("start")
     @classmethod
@@ -26,14 +35,57 @@ class ArmConfig(Strict):
             raise ValueError(f"start={v} is outside [0, 1]; it is a fraction of the token budget, e.g. 0.2 for 20%")
         return v
 
+    @field_validator("starts")
+    @classmethod
+    def _starts(cls, v: dict[str, float]) -> dict[str, float]:
+        for s, f in v.items():
+            if s not in STREAMS:
+                raise ValueError(f"starts names unknown stream '{s}'; known streams: {sorted(STREAMS)}")
+            if not 0.0 <= f <= 1.0:
+                raise ValueError(f"starts[{s}]={f} is outside [0, 1]; it is a fraction of the token budget")
+        return v
+
+    @field_validator("streams")
+    @classmethod
+    def _streams(cls, v: list[str] | None) -> list[str] | None:
+        bad = [s for s in v or [] if s not in STREAMS]
+        if bad:
+            raise ValueError(f"streams has unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+        if v is not None and not v:
+            raise ValueError("streams is empty; list the streams to read after the start, e.g. [safe, rephrased]")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_starts(cls, data: Any) -> Any:
+        # `start` is the switch that the trunk, the plan and tag-aware instruction tuning read: without one, it is
+        # the earliest per-stream start (so the config always states where the interventions begin)
+        if isinstance(data, dict) and data.get("start") is None and data.get("starts") \
+                and data.get("data", "curriculum") == "curriculum":
+            try:
+                data = {**data, "start": min(float(f) for f in data["starts"].values())}
+            except (TypeError, ValueError):
+                pass  # the field validators name the bad value
+        return data
+
     @model_validator(mode="after")
     def _start(self) -> ArmConfig:
-        if self.data == "raw" and self.start is not None:
-            raise ValueError(f"arm '{self.name}' has data=raw, which never switches; remove its start")
+        if self.data == "raw":
+            extra = [k for k in ("start", "starts", "streams") if getattr(self, k)] + (["ramp"] if self.ramp else [])
+            if self.start is not None or extra:
+                raise ValueError(f"arm '{self.name}' has data=raw, which never switches; remove {extra or ['start']}")
         if self.data == "curriculum" and self.start is None:
             raise ValueError(f"arm '{self.name}' needs a start fraction in [0, 1], e.g. start: 0.2")
+        if self.data == "curriculum":
+            early = {s: f for s, f in self.starts.items() if f < self.start}
+            if early:
+                raise ValueError(f"arm '{self.name}': starts {early} begin before start={self.start}; start is the "
+                                 f"switch (the first intervention), so set start: {min(early.values())}")
+            for where, f in [("start", self.start)] + [(f"starts[{s}]", f) for s, f in self.starts.items()]:
+                if self.ramp and f + self.ramp > 1.0 + 1e-12:
+                    raise ValueError(f"arm '{self.name}': {where}={f} + ramp={self.ramp} passes the end of the "
+                                     "budget (> 1); shorten the ramp or start earlier (drop a stream with `streams`)")
         return self
-
 
 
 def default_arms() -> list[ArmConfig]:
@@ -52,7 +104,11 @@ class CurriculumConfig(Strict):
     token_budget: int = Field(1_000_000, gt=0)
     """Pretraining tokens per arm (units: tokens). Steps = budget // (batch_size * seq_len)."""
     arms: list[ArmConfig] = Field(default_factory=default_arms)
-    """Arms to train: `{name, data: raw|curriculum, start}`; default raw, start_0, start_20, start_60, safe_only."""
+    """Arms to train, each `{name, data: raw|curriculum, start, starts, ramp, streams}`: `start` = the switch
+    (fraction of the budget); `starts` = per-intervention starts, e.g. `{refusal: 0.6}` (others start at `start`);
+    `ramp` = fraction of the budget over which each intervention's weight rises linearly from 0; `streams` = the
+    subset of intervention_streams read after the start (default all). Default raw, start_0, start_20, start_60,
+    safe_only."""
     safe_streams: list[str] = ["safe"]
     """Streams read before the switch (the papers: score-0 data only)."""
     intervention_streams: list[str] = ["safe", "rephrased", "refusal", "moral_ed", "tagged"]
@@ -65,6 +121,14 @@ class CurriculumConfig(Strict):
     """Arms of one seed whose first steps are all safe-only (start_20, start_60, safe_only) branch from one
     trunk run at their switch steps instead of each training the shared prefix again: cheaper, and their
     comparison is paired on identical weights up to the switch (bit-identical to separate runs in fp32)."""
+    dose: Literal["proportional", "matched"] = "proportional"
+    """`proportional`: the mix's weights as they are, so a later start reads fewer intervention tokens (the papers'
+    confound). `matched`: each curriculum arm's intervention weights after its switch are scaled so its expected
+    intervention tokens equal the smallest among the arms (safe text fills the rest); arms whose interventions
+    never start (start 1) are left out of the matching."""
+    max_repeats: float | None = Field(None, gt=0)
+    """Most epochs any arm may expect to read of a stream (expected tokens / the stream's shard tokens), checked
+    against the shard sizes before pretraining; null = unlimited (small streams are simply repeated)."""
 
     @field_validator("safe_streams", "intervention_streams", "raw_streams")
     @classmethod
@@ -96,6 +160,35 @@ class CurriculumConfig(Strict):
         if not v:
             raise ValueError("needs at least one arm, e.g. [{name: start_0, start: 0.0}]")
         return v
+
+    @model_validator(mode="after")
+    def _arm_streams(self) -> CurriculumConfig:
+        # per-arm stream sets and starts only make sense against the mix, which the arm itself does not know
+        for i, arm in enumerate(self.arms):
+            if arm.data != "curriculum":
+                continue
+            where = f"arms[{i}] ('{arm.name}')"
+            extra = [s for s in arm.streams or [] if s not in self.intervention_streams]
+            if extra:
+                raise ValueError(f"{where}.streams has {extra}, which are not in intervention_streams="
+                                 f"{self.intervention_streams}")
+            used = [s for s in self.intervention_streams if arm.streams is None or s in arm.streams]
+            interventions = [s for s in used if s not in self.safe_streams]
+            if not interventions:
+                raise ValueError(f"{where}.streams={arm.streams} has no intervention stream (all are safe_streams);"
+                                 " for a safe-only arm use start: 1.0")
+            stray = [s for s in arm.starts if s not in interventions]
+            if stray:
+                raise ValueError(f"{where}.starts names {stray}, which this arm does not read as interventions; "
+                                 f"its intervention streams are {interventions}")
+            earliest = min(arm.starts.get(s, arm.start) for s in interventions)
+            if earliest != arm.start:
+                raise ValueError(f"{where}.start={arm.start} but its earliest intervention starts at {earliest}; "
+                                 f"start is the switch, so set start: {earliest}")
+        if self.dose == "matched" and all(a.data == "raw" or a.start >= 1.0 for a in self.arms):
+            raise ValueError("dose=matched needs a curriculum arm whose interventions start before the end of the "
+                             "budget (start < 1); there is no dose to match, use dose: proportional")
+        return self
 
 
 # --------------------------------------------------------------------------- model and training
@@ -197,6 +290,28 @@ class TrainConfig(Strict):
     deterministic: bool = True
     """Deterministic kernels and a fixed thread count, so a rerun of a seed gives the same weights on the same
     machine (see README "Reproducibility" for what holds with bf16 and compile)."""
+    grad_accum_steps: int = Field(1, gt=0)
+    """Micro-batches per optimizer step: each process runs its rows of the `batch_size` global batch in this
+    many slices and the update equals the one-shot step (token-weighted mean over the global batch)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass (torch.utils.checkpoint) instead of keeping its
+    activations: less memory, ~1/3 more compute; same losses and gradients."""
+    distributed: Literal["none", "ddp", "fsdp2"] = "none"
+    """Data parallelism under `torchrun`: `ddp` replicates the model, `fsdp2` shards it (fully_shard per block
+    and the root). Each rank trains its slice of the same global batch; backend nccl on CUDA, gloo on CPU."""
+    checkpoint_format: Literal["safetensors", "dcp"] = "safetensors"
+    """`safetensors`: one-process checkpoints. `dcp`: torch.distributed.checkpoint (sharded, reloadable at
+    another world size); always used when `distributed` is not `none`."""
+    keep_checkpoints: int | None = Field(None, gt=0)
+    """Keep only the newest N checkpoints (null = keep all); `save_at` branch points are never deleted."""
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> TrainConfig:
+        # the world size is only known under torchrun; train() checks batch_size % (world * accum) there
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by grad_accum_steps="
+                             f"{self.grad_accum_steps} (equal micro-batches keep the update exact)")
+        return self
 
 
 class PretrainConfig(TrainConfig):

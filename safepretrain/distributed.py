@@ -1,0 +1,130 @@
+"""Data parallelism for `train()`: process group, each rank's rows of a global batch, DDP / FSDP2 wrapping.
+
+Launch with torchrun (`torchrun --nproc_per_node N -m safepretrain ...`): it sets RANK, WORLD_SIZE, LOCAL_RANK
+and MASTER_ADDR/PORT, read here through `env://`. Without torchrun a `ddp`/`fsdp2` config runs as a world of
+one, so the same config works on a laptop.
+
+The update of a step equals the one-process update of the same global batch: every rank builds the whole
+batch (`source.batch(step)` is a pure function of the step), trains on its contiguous block of rows, and
+weights each micro-batch's loss by its share of the global batch's target tokens (see `train.forward_backward`).
+DDP and FSDP2 average gradients over ranks, so those weights are multiplied by the world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    mode: str = "none"  # none | ddp | fsdp2
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False  # this process started the group, so it also ends it
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, metrics and the JSON parts of checkpoints."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+
+def rank_device(name: str) -> torch.device:
+    """The device of this rank: under torchrun on CUDA, `cuda:LOCAL_RANK` (one GPU per process)."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu" if name == "auto" else name)
+
+
+def setup(mode: str, device: torch.device) -> DistContext:
+    """Join (or start) the process group for `mode`; a no-op context for `none`."""
+    if mode == "none":
+        return DistContext()
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        else:  # not under torchrun: a world of one, no ports needed
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        owns = True
+    return DistContext(mode, dist.get_rank(), dist.get_world_size(), owns)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.active and ctx.world > 1:
+        dist.barrier()
+
+
+def rank_rows(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """This rank's contiguous block of rows: the global batch is the same for every world size."""
+    if ctx.world == 1:
+        return t
+    n = t.shape[0] // ctx.world
+    return t[ctx.rank * n:(ctx.rank + 1) * n]
+
+
+def wrap(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+    """DDP: replicate (gradients all-reduced in buckets during backward). FSDP2: shard every block and the
+    root (embedding, final norm, tied head); a block's weights are gathered only while it runs."""
+    if ctx.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    return model
+
+
+@contextlib.contextmanager
+def grad_sync(model: torch.nn.Module, ctx: DistContext, last: bool):
+    """Communicate gradients only on the last micro-batch of a step: the earlier ones just accumulate."""
+    if ctx.mode == "ddp" and not last:
+        with model.no_sync():
+            yield
+        return
+    if ctx.mode == "fsdp2":
+        model.set_requires_gradient_sync(last)
+    yield
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum over ranks (for the logged loss; the gradients are reduced by DDP/FSDP2 themselves)."""
+    if ctx.active and ctx.world > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, ctx: DistContext) -> torch.Tensor:
+    """Global gradient norm (clipped to `max_norm`). FSDP2 gradients are sharded DTensors: their norm is
+    a partial sum per rank, made whole by `full_tensor()` before the clip coefficient is applied."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if ctx.mode != "fsdp2":
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    from torch.distributed.tensor import DTensor
+
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
