@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ModelConfig, PretrainConfig
 from safepretrain.model import Transformer
@@ -120,11 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scaling_efficiency": med["two"] / med["one_all"],
         "per_rank_efficiency": med["two"] / (2 * med["one_half"]),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Writes benchmarks/results/serve_load.json (and prints it).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import socket
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import openai
 import torch
+from common import write_result  # benchmarks/common.py
 from safetensors.torch import save_model
 
 from safepretrain.config import dump_config, load_config
@@ -151,11 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "endpoint": "/v1/chat/completions"},
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

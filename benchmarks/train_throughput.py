@@ -14,7 +14,6 @@ Writes benchmarks/results/train_throughput.json (and prints it).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ArmConfig, CurriculumConfig, ModelConfig, PretrainConfig
 from safepretrain.curriculum import CurriculumSampler, arm_schedule
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_median": statistics.median(ours),
         "ratio_ours_over_bare": statistics.median(ours) / statistics.median(bare),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":
