@@ -7,6 +7,7 @@ Both run in this process, interleaved (the order alternates between repeats), an
 of its repeats: these machines are noisy (±10% run to run), so only the ratio within one run means much.
 
     python benchmarks/train_throughput.py [--steps 60] [--repeats 3] [--preset tiny] [--precision fp32] [--compile]
+                                          [--peak-tflops P]   (adds MFU = achieved model TFLOP/s / P)
 
 Writes benchmarks/results/train_throughput.json (and prints it).
 """
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile both loops (cold compile excluded)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s at this precision, for an MFU figure (e.g. 989 for an H100 in bf16)")
     args = p.parse_args(argv)
 
     setup_logging(level=logging.WARNING)  # the step lines are still formatted and emitted (to a silent logger)
@@ -112,6 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_median": statistics.median(ours),
         "ratio_ours_over_bare": statistics.median(ours) / statistics.median(bare),
     }
+    # MFU: model FLOPs per token (6 N for forward + backward of the weights, plus 12 L d T for attention scores
+    # and values, as in the PaLM appendix) times tokens/s, over the device's peak; the peak is the user's
+    # (--peak-tflops), since a CPU's depends on its cores, clocks and vector units.
+    n_params, m = result["setup"]["params"], model_cfg
+    flops_per_token = 6 * n_params + 12 * m.n_layers * m.d_model * args.seq_len
+    result["model_flops_per_token"] = flops_per_token
+    result["ours_tflops"] = flops_per_token * result["ours_median"] / 1e12
+    if args.peak_tflops:
+        result["peak_tflops"] = args.peak_tflops
+        result["mfu"] = result["ours_tflops"] / args.peak_tflops
     return write_result(result, args.out)
 
 

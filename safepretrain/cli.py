@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,12 @@ def _study(args: argparse.Namespace) -> int:
         config = overrides.pop(0)
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.dry_run:
+        # every rank would run the data stage, the step markers and the evaluations: refuse, lose nothing
+        print("error: `safepretrain study` is not rank-aware yet and must not run under torchrun with "
+              f"WORLD_SIZE={os.environ['WORLD_SIZE']}; run it as one process (train() itself supports "
+              "*.distributed: ddp | fsdp2; see README, Status and limits)", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:

@@ -40,3 +40,10 @@ def test_world_info_lists_sources(capsys):
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a study run directory" in capsys.readouterr().err
+
+
+def test_study_refuses_to_run_once_per_rank_under_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 2
+    assert "not rank-aware" in capsys.readouterr().err and not out.exists()
