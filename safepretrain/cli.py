@@ -20,6 +20,12 @@ from pathlib import Path
 from safepretrain.config import ConfigError, dump_config, load_config
 
 
+def _error(err: object) -> int:
+    """Print a failed command's reason (the fix is in the message) and return its exit status, 2."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
 def _study(args: argparse.Namespace) -> int:
     from safepretrain.rundir import RunDirError, check_run_dir
     from safepretrain.study import plan, run_study, validate_against_world
@@ -39,8 +45,7 @@ def _study(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
         print(dump_config(cfg))
         print("# planned steps")
@@ -50,15 +55,13 @@ def _study(args: argparse.Namespace) -> int:
         validate_against_world(cfg)
         check_run_dir(cfg.run_dir)
     except (ConfigError, RunDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     if args.dry_run:
         return 0
     try:
         run_study(cfg)
     except (RunDirError, StepFolderError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
     return 0
 
@@ -75,8 +78,7 @@ def _report(args: argparse.Namespace) -> int:
         with RunLock(run_dir):  # never read a run while a study is writing it
             print(build_report(run_dir, load_config(run_dir / "study.yaml")))
     except RunDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     return 0
 
 
@@ -88,8 +90,7 @@ def _eval(args: argparse.Namespace) -> int:
                        prompts_file=Path(args.prompts) if args.prompts else None, column=args.column, arm=args.arm,
                        seed=args.seed, stage=args.stage, out=Path(args.out) if args.out else None)
     except EvalInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     print(f"results: {out}")
     return 0
 
@@ -100,8 +101,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         out = export_checkpoint(Path(args.checkpoint), Path(args.to))
     except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     print(f"exported: {out} (LlamaForCausalLM, tokenizer, chat template)")
     return 0
 
@@ -153,8 +153,7 @@ def _eval_scorer(args: argparse.Namespace) -> int:
         cfg = load_config(config, overrides)
         result = evaluate_scorers(cfg, world_for(cfg), Path(args.labels) if args.labels else None)
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     out = Path(args.out) if args.out else cfg.run_dir / "scorer_eval"
     print(markdown(result))
     print("written: " + ", ".join(str(p) for p in write_scorer_eval(result, out)))
@@ -239,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CorruptFileError as err:  # a truncated or edited file of a run: name it, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
 
 
 if __name__ == "__main__":

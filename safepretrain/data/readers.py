@@ -1,7 +1,8 @@
 """Corpus readers of the data stage: JSON lines (plain or gzip), parquet, `datasets` folders and the HF hub.
 
-Every input is turned into the same stream of raw records (`iter_raw_records`), so every format goes through
-one validation, one id rule, one rank-by-id rule and one duplicate check (`ReadCorpus`). An input is one of
+Every input is turned into the same stream of raw records (`iter_raw_records`; the record layer is
+`records.py`), so every format goes through one validation, one id rule, one rank-by-id rule and one duplicate
+check (`ReadCorpus`). An input is one of
 
 | input                               | read with                                                        |
 |-------------------------------------|------------------------------------------------------------------|
@@ -19,14 +20,26 @@ one validation, one id rule, one rank-by-id rule and one duplicate check (`ReadC
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+
+from safepretrain.data.records import (  # noqa: F401  (re-exported: the reader's public record layer)
+    META_KEYS,
+    RAW_HEAD_CHARS,
+    REJECT_REASONS,
+    RawRecord,
+    corrupt_record,
+    raw_head,
+    record_id,
+    row_json,
+    rows_to_records,
+    validate_record,
+    wanted_columns,
+)
 
 ACCEPTED_INPUTS = (".jsonl, .jsonl.gz or .parquet file (.json / .json.gz are read as JSON lines), a datasets "
                    "save_to_disk folder (FOLDER@SPLIT for one split of a DatasetDict), or hf:NAME[/CONFIG]@SPLIT")
@@ -36,11 +49,6 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 GZIP_SUFFIXES = (".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 HF_PREFIX = "hf:"
-META_KEYS = ("source", "kind", "truth", "category", "subject")
-"""Record fields besides the text and the id that reach a document's metadata."""
-REJECT_REASONS = ("too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_text", "empty_text",
-                  "duplicate_id", "corrupt_file")
-RAW_HEAD_CHARS = 2000
 BATCH_ROWS = 256  # rows per parquet / datasets batch
 
 # reading errors of a damaged local file: truncated or corrupt gzip, unreadable parquet or arrow data
@@ -156,54 +164,6 @@ def source_name(spec: str) -> str:
     return path.stem if path.suffix.lower() in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES) else name
 
 
-# ----------------------------------------------------------------------------------------- raw records
-
-class RawRecord(NamedTuple):
-    """One record of an input. `record` is the usable record (None when rejected) and `reason` the reject
-    reason (None when usable); `raw` is the record as read (a JSONL line, or a row as JSON with long strings
-    cut), for `rejected/`; `id` the document id (None when rejected)."""
-
-    number: int  # 1-based line number (JSON lines) or row number (parquet, datasets)
-    record: dict | None
-    reason: str | None
-    raw: str
-    id: str | None
-
-
-def validate_record(obj: object, text_key: str = "text") -> str | None:
-    """Reject reason of a parsed record, or None: it must be an object with a non-blank string text."""
-    if not isinstance(obj, dict):
-        return "not_an_object"
-    if not isinstance(obj.get(text_key), str):
-        return "missing_text"
-    if not obj[text_key].strip():
-        return "empty_text"
-    return None
-
-
-def record_id(rec: dict, id_key: str, content: str) -> str:
-    """The record's own id as a string, or (none, or empty) the first 16 hex digits of the sha1 of `content`:
-    the JSONL line as read (with its newline), or `row_json` of a parquet / datasets row. Identical records
-    without an id thus share an id and the second is a duplicate."""
-    own = rec.get(id_key)
-    return str(own) if own not in (None, "") else hashlib.sha1(content.encode()).hexdigest()[:16]
-
-
-def row_json(row: dict) -> str:
-    """Canonical JSON of a parquet / datasets row (keys sorted, ASCII): the content an id-less row is hashed by."""
-    return json.dumps(row, sort_keys=True, default=str)
-
-
-def _head(row: dict) -> str:
-    """A row as JSON for `rejected/`, long strings cut first so a huge text is never serialised whole."""
-    cut = {k: v[:RAW_HEAD_CHARS] if isinstance(v, str | bytes) else v for k, v in row.items()}
-    return json.dumps(cut, ensure_ascii=False, default=str)[:RAW_HEAD_CHARS]
-
-
-def _corrupt(number: int, err: BaseException) -> RawRecord:
-    return RawRecord(number, None, "corrupt_file", f"{type(err).__name__}: {err}"[:RAW_HEAD_CHARS], None)
-
-
 def _lines(f, max_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
     """(line number, line, too large) for each line; a too-large line yields only its head."""
     line_no = 0
@@ -228,7 +188,7 @@ def _jsonl_records(spec: str, max_bytes: int, text_key: str, id_key: str, gz: bo
             except StopIteration:
                 return
             except _GZIP_ERRORS as err:
-                yield _corrupt(line_no + 1, err)
+                yield corrupt_record(line_no + 1, err)
                 return
             if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
                 raw_line = raw_line[3:]  # a byte-order mark is not part of the first record
@@ -251,30 +211,6 @@ def _jsonl_records(spec: str, max_bytes: int, text_key: str, id_key: str, gz: bo
                 yield RawRecord(line_no, None, reason, line.rstrip("\n"), None)
                 continue
             yield RawRecord(line_no, obj, None, line.rstrip("\n"), record_id(obj, id_key, line))
-
-
-def wanted_columns(text_key: str, id_key: str) -> list[str]:
-    """The fields a reader takes from a row: text, id and the metadata fields (others are never loaded)."""
-    return list(dict.fromkeys([text_key, id_key, *META_KEYS]))
-
-
-def rows_to_records(rows: Iterable[dict], max_bytes: int, text_key: str = "text",
-                    id_key: str = "id") -> Iterator[RawRecord]:
-    """Rows (dicts) of a parquet file, a datasets folder or a hub stream → raw records: the one mapping every
-    columnar format shares. A null field counts as absent (so a null text is `missing_text` and a null id gets a
-    content id); a text over `max_bytes` UTF-8 bytes is `too_large`. Rows are numbered from 1."""
-    wanted = wanted_columns(text_key, id_key)
-    number = 0
-    for full in rows:
-        number += 1
-        row = {k: full[k] for k in wanted if full.get(k) is not None}
-        text = row.get(text_key)
-        if isinstance(text, str) and len(text) > max_bytes // 4 and len(text.encode("utf-8", "replace")) > max_bytes:
-            yield RawRecord(number, None, "too_large", _head(row), None)
-        elif reason := validate_record(row, text_key):
-            yield RawRecord(number, None, reason, _head(row), None)
-        else:
-            yield RawRecord(number, row, None, _head(row), record_id(row, id_key, row_json(row)))
 
 
 def _read_rows(batches: Iterator, to_rows, failure: list[BaseException]) -> Iterator[dict]:
@@ -303,7 +239,7 @@ def _guarded_records(batches: Iterator, to_rows, max_bytes: int, text_key: str,
         last = rec.number
         yield rec
     if failure:
-        yield _corrupt(last + 1, failure[0])
+        yield corrupt_record(last + 1, failure[0])
 
 
 def _parquet_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[RawRecord]:
@@ -319,7 +255,7 @@ def _parquet_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> I
                    for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns,
                                                 use_threads=False))
     except (OSError, EOFError, ValueError, pa.ArrowException) as err:
-        yield _corrupt(1, err)
+        yield corrupt_record(1, err)
         return
     yield from _guarded_records(batches, lambda b: b.to_pylist(), max_bytes, text_key, id_key)
 
@@ -345,7 +281,7 @@ def _dataset_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> I
     try:
         loaded = datasets.load_from_disk(folder)
     except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as err:
-        yield spec, _corrupt(1, err)
+        yield spec, corrupt_record(1, err)
         return
     if isinstance(loaded, datasets.DatasetDict):
         parts = [(f"{folder}@{name}", loaded[name]) for name in ([split] if split else list(loaded))]
