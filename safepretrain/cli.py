@@ -36,16 +36,15 @@ def _study(args: argparse.Namespace) -> int:
         config = overrides.pop(0)
     if args.out:
         overrides.append(f"out_dir={args.out}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.dry_run:
-        # every rank would run the data stage, the step markers and the evaluations: refuse, lose nothing
-        print("error: `safepretrain study` is not rank-aware yet and must not run under torchrun with "
-              f"WORLD_SIZE={os.environ['WORLD_SIZE']}; run it as one process (train() itself supports "
-              "*.distributed: ddp | fsdp2; see README, Status and limits)", file=sys.stderr)
-        return 2
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
         return _error(err)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    single = [f"{s}.distributed" for s in ("pretrain", "ift", "benign_ft") if getattr(cfg, s).distributed == "none"]
+    if ranks > 1 and single and not args.dry_run:  # each rank would train its own copy of the same model
+        return _error(f"under torchrun (WORLD_SIZE={ranks}) every training stage must be data-parallel: "
+                      f"{', '.join(single)} is none; set {single[0]}=ddp (or fsdp2)")
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
         print(dump_config(cfg))
         print("# planned steps")
@@ -58,10 +57,17 @@ def _study(args: argparse.Namespace) -> int:
         return _error(err)
     if args.dry_run:
         return 0
+    from safepretrain import distributed as dp
+
+    dp.start_study_group(cfg.rank_timeout_minutes, cfg.pretrain.device)
     try:
         run_study(cfg)
-    except (RunDirError, StepFolderError) as err:
+    except (RunDirError, StepFolderError, dp.RankFailure) as err:
         return _error(err)
+    main = dp.is_main_process()
+    dp.end_study_group()
+    if not main:
+        return 0
     print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
     return 0
 

@@ -49,6 +49,8 @@ class Schedule:
     phases: tuple[Phase, ...]  # sorted by start_token; the first starts at 0
     budget: int
     ramps: tuple[Ramp, ...] = ()
+    blend: int = 0  # explicit phases: tokens over which each phase's weights blend linearly in from the previous
+    dose_scale: float = 1.0  # `dose: matched`: the factor on the intervention weights (1 = proportional)
 
     def phase_at(self, tokens_seen: float) -> Phase:
         """The phase in force after `tokens_seen` tokens."""
@@ -63,6 +65,11 @@ class Schedule:
         its ramp has run (0 at its start, exact full weight from its end on) and the difference given to safe text.
         Without a running ramp this is the phase's own dict, so two-phase arms sample exactly as they always did."""
         phase = self.phase_at(tokens_seen)
+        if self.blend and phase.start_token > 0 and tokens_seen < phase.start_token + self.blend:
+            before = self.phase_at(phase.start_token - 1).weights
+            a = (tokens_seen - phase.start_token) / self.blend  # 0 at the boundary, 1 at its end
+            mixed = {s: (1 - a) * before.get(s, 0.0) + a * phase.weights.get(s, 0.0) for s in {*before, *phase.weights}}
+            return {s: w for s, w in mixed.items() if w > 0}
         running = [r for r in self.ramps if r.stream in phase.weights and r.start_token <= tokens_seen < r.end_token]
         if not running:
             return phase.weights
@@ -92,6 +99,7 @@ class Schedule:
         boundary."""
         marks = {0, self.budget, *(p.start_token for p in self.phases)}
         marks |= {t for r in self.ramps for t in (r.start_token, r.end_token)}
+        marks |= {p.start_token + self.blend for p in self.phases} if self.blend else set()
         points = sorted(t for t in marks if 0 <= t <= self.budget)
         out: dict[str, float] = {}
         for a, b in zip(points, points[1:]):
@@ -115,7 +123,15 @@ def mix_weights(streams: list[str], stream_tokens: dict[str, int], upsample: dic
 
 def intervention_starts(arm: ArmConfig, cfg: CurriculumConfig) -> dict[str, float]:
     """Start fraction of each intervention stream `arm` reads: the streams it reads after its switch that are not
-    safe text (`safe_streams`), each at `starts[stream]` or else at the arm's `start`."""
+    safe text (`safe_streams`), each at `starts[stream]` or else at the arm's `start`; with explicit `phases`, the
+    start of the first phase that gives it weight."""
+    if arm.phases is not None:
+        out: dict[str, float] = {}
+        for ph in arm.phases:
+            for s, w in ph.weights.items():
+                if w > 0 and s not in cfg.safe_streams:
+                    out.setdefault(s, ph.start)
+        return out or {"safe": 1.0}  # reads safe text only: never switches
     used = [s for s in cfg.intervention_streams if arm.streams is None or s in arm.streams]
     return {s: arm.starts.get(s, arm.start) for s in used if s not in cfg.safe_streams}
 
@@ -150,7 +166,7 @@ def _curriculum_schedule(arm: ArmConfig, cfg: CurriculumConfig, stream_tokens: d
         phases.append(Phase(name, token, _dosed(full, set(starts), fill, scale), True, fill))
     ramp = round(arm.ramp * budget)
     ramps = tuple(Ramp(s, t, t + ramp) for s, t in starts.items() if t < budget) if ramp else ()
-    return Schedule(tuple(phases), budget, ramps)
+    return Schedule(tuple(phases), budget, ramps, dose_scale=scale)
 
 
 def intervention_tokens(schedule: Schedule, cfg: CurriculumConfig) -> float:
@@ -190,11 +206,29 @@ def match_dose(cfg: CurriculumConfig, stream_tokens: dict[str, int]) -> DoseMatc
 def arm_schedule(arm: ArmConfig, cfg: CurriculumConfig, stream_tokens: dict[str, int]) -> Schedule:
     if arm.data == "raw":
         return Schedule((Phase("raw", 0, mix_weights(cfg.raw_streams, stream_tokens, {}), False),), cfg.token_budget)
+    build = _phases_schedule if arm.phases is not None else _curriculum_schedule
     scale = 1.0
     if cfg.dose == "matched":
-        own = intervention_tokens(_curriculum_schedule(arm, cfg, stream_tokens, 1.0), cfg)
+        own = intervention_tokens(build(arm, cfg, stream_tokens, 1.0), cfg)
         scale = match_dose(cfg, stream_tokens).scale(arm.name, own)
-    return _curriculum_schedule(arm, cfg, stream_tokens, scale)
+    return build(arm, cfg, stream_tokens, scale)
+
+
+def _phases_schedule(arm: ArmConfig, cfg: CurriculumConfig, stream_tokens: dict[str, int], scale: float) -> Schedule:
+    """An explicit `phases` schedule: each phase's weights normalised as given (no `upsample`); under matched dose
+    the intervention weights are scaled and the phase's own safe text (or the safe mix) fills the rest."""
+    budget = cfg.token_budget
+    safe = mix_weights(cfg.safe_streams, stream_tokens, {})
+    phases = []
+    for i, ph in enumerate(arm.phases):
+        total = sum(ph.weights.values())
+        full = {s: w / total for s, w in ph.weights.items() if w > 0}
+        inter = {s for s in full if s not in cfg.safe_streams}
+        own_safe = {s: w for s, w in full.items() if s not in inter}
+        fill = {s: w / sum(own_safe.values()) for s, w in own_safe.items()} if own_safe else safe
+        phases.append(Phase(ph.name or f"phase{i}", round(ph.start * budget), _dosed(full, inter, fill, scale),
+                            bool(inter), fill))
+    return Schedule(tuple(phases), budget, blend=round(arm.ramp * budget), dose_scale=scale)
 
 
 def expected_tokens_by_arm(cfg: CurriculumConfig, stream_tokens: dict[str, int]) -> dict[str, dict[str, float]]:
@@ -239,6 +273,10 @@ def describe_arm(arm: ArmConfig, cfg: CurriculumConfig) -> str:
     """One line of what `arm` reads and when, from the config alone (no shard sizes): for the study plan."""
     if arm.data == "raw":
         return f"raw streams {cfg.raw_streams} throughout"
+    if arm.phases is not None:
+        blend = f", each blended in over {arm.ramp:.0%} of the budget" if arm.ramp else ""
+        return "phases " + "; ".join(f"{ph.name or f'phase{i}'} {ph.start:.0%}-{ph.end:.0%} {ph.weights}"
+                                     for i, ph in enumerate(arm.phases)) + blend
     starts = intervention_starts(arm, cfg)
     if min(starts.values()) >= 1.0:
         return f"{cfg.safe_streams} throughout (interventions never start)"
@@ -305,15 +343,21 @@ class CurriculumSampler:
         return data[:, :-1], data[:, 1:], {"phase": phase.name, "interventions": phase.interventions}
 
     def tokens_by_source(self, steps: int | None = None) -> dict:
-        """Exact tokens per stream before and after the switch, over the first `steps` steps."""
+        """Exact tokens per stream before and after the switch and in each phase, over the first `steps` steps,
+        with the dose scale on the intervention weights (1 = proportional)."""
         steps = self.total_steps if steps is None else steps
         switch = self.schedule.switch_step(self.tokens_per_step)
         before: dict[str, int] = {}
         after: dict[str, int] = {}
+        by_phase: dict[str, dict[str, int]] = {p.name: {} for p in self.schedule.phases}
         for step in range(steps):
             bucket = after if switch is not None and step >= switch else before
+            phase = by_phase[self.phase(step).name]
             for s in self.sources(step):
                 bucket[s] = bucket.get(s, 0) + self.seq_len
+                phase[s] = phase.get(s, 0) + self.seq_len
         return {"switch_step": switch, "tokens_per_step": self.tokens_per_step, "steps": steps,
                 "before_switch": dict(sorted(before.items())), "after_switch": dict(sorted(after.items())),
-                "total": {s: before.get(s, 0) + after.get(s, 0) for s in sorted({*before, *after})}}
+                "total": {s: before.get(s, 0) + after.get(s, 0) for s in sorted({*before, *after})},
+                "dose_scale": self.schedule.dose_scale,
+                "by_phase": {name: dict(sorted(t.items())) for name, t in by_phase.items()}}

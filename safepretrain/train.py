@@ -162,7 +162,9 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_di
     def save(step: int, final: bool = False, **extra) -> Path:
         state = {"step": step, "label": label, **extra}
         if use_dcp:
-            path = save_dcp_checkpoint(ckpt_dir, model, opt, state, consolidate=final)
+            # the final checkpoint and the `save_at` ones (branch points, benign-FT curve) are read by eval,
+            # export and post-training, which load a full model.safetensors
+            path = save_dcp_checkpoint(ckpt_dir, model, opt, state, consolidate=final or step in save_at)
         else:
             path = save_checkpoint(ckpt_dir, model, opt, state)
         if cfg.keep_checkpoints and ctx.is_main:

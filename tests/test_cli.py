@@ -42,8 +42,9 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a study run directory" in capsys.readouterr().err
 
 
-def test_study_refuses_to_run_once_per_rank_under_torchrun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_study_under_torchrun_refuses_a_training_stage_that_is_not_data_parallel(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # each rank would train its own copy: refused before any work
     out = tmp_path / "run"
-    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out)]) == 2
-    assert "not rank-aware" in capsys.readouterr().err and not out.exists()
+    assert main(["study", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "pretrain.distributed=ddp"]) == 2
+    err = capsys.readouterr().err
+    assert "ift.distributed" in err and "set ift.distributed=ddp" in err and not out.exists()

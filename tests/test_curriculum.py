@@ -275,3 +275,76 @@ def test_only_arms_that_read_tagged_text_get_tag_annotated_instruction_data():
     tags = {a.name: cfg.saw_tags(a) for a in cfg.curriculum.arms}
     assert tags == {"raw": False, "score0_only": False, "rephrase": False, "refusal": False, "moral_ed": False,
                     "tags": True}
+
+
+# ---- explicit phase lists ---------------------------------------------------------------------------------------
+PHASES = [{"start": 0.0, "end": 0.25, "weights": {"safe": 1}},
+          {"start": 0.25, "end": 0.5, "weights": {"safe": 3, "refusal": 1}, "name": "refusal_only"},
+          {"start": 0.5, "end": 1.0, "weights": {"safe": 1, "refusal": 1, "tagged": 2}}]
+
+
+def test_explicit_phases_switch_weights_and_accounting_at_every_boundary(shards):
+    cfg, tps = cur(), 512
+    arm = ArmConfig(name="p", phases=PHASES)
+    assert cfg.model_copy(update={"arms": [arm]}).arms[0].start == 0.25  # the switch: the first non-safe phase
+    sched = arm_schedule(arm, cfg, STREAM_TOKENS)
+    assert [p.name for p in sched.phases] == ["phase0", "refusal_only", "phase2"]
+    for boundary, before, after in [(16_000, {"safe": 1.0}, {"safe": 0.75, "refusal": 0.25}),
+                                    (32_000, {"safe": 0.75, "refusal": 0.25},
+                                     {"safe": 0.25, "refusal": 0.25, "tagged": 0.5})]:
+        assert sched.weights_at(boundary - 1) == before
+        assert sched.weights_at(boundary) == after == sched.weights_at(boundary + 1)
+    assert sched.switch_step(tps) == math.ceil(16_000 / tps)
+    expected = sched.expected_tokens()  # piecewise constant: 16k safe, 12k + 4k, then 8k + 8k + 16k
+    assert expected == pytest.approx({"safe": 16_000 + 12_000 + 8_000, "refusal": 4_000 + 8_000, "tagged": 16_000})
+    acc = CurriculumSampler(sched, shards, 8, 64, seed=0).tokens_by_source()
+    assert set(acc["by_phase"]) == {"phase0", "refusal_only", "phase2"} and acc["dose_scale"] == 1.0
+    assert set(acc["by_phase"]["phase0"]) == {"safe"} and set(acc["by_phase"]["refusal_only"]) <= {"safe", "refusal"}
+    summed = {}
+    for tokens in acc["by_phase"].values():
+        for s, n in tokens.items():
+            summed[s] = summed.get(s, 0) + n
+    assert summed == acc["total"]
+
+
+def test_phase_blend_is_linear_between_phases_and_integrates_exactly():
+    cfg = cur()
+    sched = arm_schedule(ArmConfig(name="p", phases=PHASES, ramp=0.125), cfg, STREAM_TOKENS)  # 8,000 tokens
+    assert sched.weights_at(15_999) == {"safe": 1.0}
+    assert sched.weights_at(16_000) == pytest.approx({"safe": 1.0})
+    assert sched.weights_at(20_000) == pytest.approx({"safe": 0.875, "refusal": 0.125})  # halfway
+    assert sched.weights_at(24_000) == {"safe": 0.75, "refusal": 0.25}  # blend over: the phase's own weights
+    # [16k, 24k) blends at mean weights, [24k, 32k) phase 1, [32k, 40k) blends into phase 2, [40k, 64k) phase 2
+    exact = {"safe": 16_000 + 8_000 * 0.875 + 8_000 * 0.75 + 8_000 * 0.5 + 24_000 * 0.25,
+             "refusal": 8_000 * 0.125 + 8_000 * 0.25 + 8_000 * 0.25 + 24_000 * 0.25,
+             "tagged": 8_000 * 0.25 + 24_000 * 0.5}
+    assert sched.expected_tokens() == pytest.approx(exact)
+
+
+def test_matched_dose_scales_explicit_phases_and_records_the_scale(shards):
+    cfg = cur(dose="matched", arms=[ArmConfig(name="p", phases=PHASES), ArmConfig(name="late", start=0.6)])
+    sched = arm_schedule(cfg.arms[0], cfg, STREAM_TOKENS)
+    late = arm_schedule(cfg.arms[1], cfg, STREAM_TOKENS)
+    inter = lambda s: sum(n for k, n in s.expected_tokens().items() if k != "safe")  # noqa: E731
+    assert inter(sched) == pytest.approx(inter(late)) and 0 < sched.dose_scale < 1
+    assert CurriculumSampler(sched, shards, 8, 64, seed=0).tokens_by_source()["dose_scale"] == sched.dose_scale
+
+
+@pytest.mark.parametrize("phases, named", [
+    ([{"start": 0.0, "end": 0.5, "weights": {"safe": 1}}, {"start": 0.4, "end": 1.0, "weights": {"safe": 1}}],
+     "overlaps"),
+    ([{"start": 0.0, "end": 0.5, "weights": {"safe": 1}}, {"start": 0.6, "end": 1.0, "weights": {"safe": 1}}],
+     "leaves a gap"),
+    ([{"start": 0.1, "end": 1.0, "weights": {"safe": 1}}], "phases[0].start"),
+    ([{"start": 0.0, "end": 0.9, "weights": {"safe": 1}}], "phases[0].end"),
+    ([{"start": 0.0, "end": 1.0, "weights": {"safe": 1, "refusal": -1}}], "must be >= 0"),
+    ([{"start": 0.0, "end": 1.0, "weights": {"safe": 0}}], "all zero"),
+    ([{"start": 0.0, "end": 1.0, "weights": {"sfe": 1}}], "unknown stream"),
+])
+def test_bad_phase_lists_are_refused_naming_the_field(phases, named):
+    from safepretrain.config import ConfigError, load_config
+
+    arms = json.dumps([{"name": "p", "phases": phases}])
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"curriculum.arms={arms}"])
+    assert named in str(err.value) and "phases" in str(err.value)

@@ -140,7 +140,8 @@ def test_realtext_world_runs_end_to_end(tmp_path):
     """The registry-text world (configs/realtext.yaml's world) keeps working: its smoke study runs with the
     classifier judge, and the report states its controls and findings."""
     out = tmp_path / "run"
-    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out)]) == 0
+    arms = "curriculum.arms=[{name: raw, data: raw}, {name: start_0, start: 0.0}]"  # the controls' two arms
+    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms]) == 0
     report = (out / "report" / "report.md").read_text()
     for section in ("## Controls", "## Findings", "## Attack success"):
         assert section in report

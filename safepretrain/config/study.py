@@ -42,6 +42,9 @@ class StudyConfig(Strict):
     ift: IFTConfig = IFTConfig()
     benign_ft: BenignFTConfig = BenignFTConfig()
     eval: EvalConfig = EvalConfig()
+    rank_timeout_minutes: float = Field(720.0, gt=0)
+    """Under torchrun: how long a rank waits for the others at a collective. Ranks 1..N wait while rank 0 alone
+    runs the data stage and the evaluations, so this is hours, not NCCL's default 10 minutes."""
 
     @field_validator("name")
     @classmethod

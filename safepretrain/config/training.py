@@ -9,6 +9,38 @@ from pydantic import Field, field_validator, model_validator
 from safepretrain.config.base import STREAMS, Strict
 
 
+class PhaseConfig(Strict):
+    """One phase of an explicit schedule: from `start` to `end` (fractions of the token budget) the arm samples
+    each stream with probability proportional to `weights`."""
+
+    start: float = Field(ge=0.0, le=1.0)
+    end: float = Field(ge=0.0, le=1.0)
+    weights: dict[str, float]
+    """Stream -> relative sampling weight (normalised to sum 1; `upsample` does not apply), e.g.
+    `{safe: 0.7, refusal: 0.3}`."""
+    name: str | None = None
+    """Shown in the step log and `tokens_by_source.json`; default `phase<i>`."""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [s for s in v if s not in STREAMS]
+        if bad:
+            raise ValueError(f"weights names unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+        negative = {s: w for s, w in v.items() if not w >= 0}
+        if negative:
+            raise ValueError(f"weights {negative} must be >= 0 (relative sampling weights)")
+        if sum(v.values()) <= 0:
+            raise ValueError(f"weights {v} are all zero; give at least one stream a positive weight, e.g. {{safe: 1}}")
+        return v
+
+
+def first_non_safe(phases: list[PhaseConfig], safe_streams: list[str]) -> float:
+    """The switch of an explicit schedule: the start of the first phase that reads a stream outside
+    `safe_streams` (1.0 when none does)."""
+    return next((p.start for p in phases if any(w > 0 and s not in safe_streams for s, w in p.weights.items())), 1.0)
+
+
 class ArmConfig(Strict):
     """One pretraining arm."""
 
@@ -27,6 +59,11 @@ class ArmConfig(Strict):
     streams: list[str] | None = None
     """Streams this arm reads after its start, a subset of `curriculum.intervention_streams` (e.g. `[safe,
     rephrased]` for an ablation ladder); null = all of them."""
+    phases: list[PhaseConfig] | None = None
+    """An explicit schedule instead of start/starts/streams: a list of `{start, end, weights, name}` covering the
+    budget from 0 to 1 without gaps or overlaps. `start` (the switch) becomes the first phase that reads a stream
+    outside `safe_streams`; `ramp` then blends each phase's weights linearly into the next over that share of the
+    budget. Such arms train from scratch (no shared trunk)."""
 
     @field_validator("start")
     @classmethod
@@ -55,6 +92,29 @@ class ArmConfig(Strict):
             raise ValueError("streams is empty; list the streams to read after the start, e.g. [safe, rephrased]")
         return v
 
+    @field_validator("phases")
+    @classmethod
+    def _tiles_the_budget(cls, v: list[PhaseConfig] | None) -> list[PhaseConfig] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("phases is empty; give at least one {start: 0, end: 1, weights: {safe: 1}}")
+        if v[0].start != 0.0:
+            raise ValueError(f"phases[0].start={v[0].start}: the first phase must start at 0")
+        for i, ph in enumerate(v):
+            if ph.end <= ph.start:
+                raise ValueError(f"phases[{i}]: end={ph.end} must be after start={ph.start}")
+            if i and ph.start != v[i - 1].end:
+                kind = "overlaps" if ph.start < v[i - 1].end else "leaves a gap after"
+                raise ValueError(f"phases[{i}].start={ph.start} {kind} phases[{i - 1}] (end={v[i - 1].end}); "
+                                 f"set phases[{i}].start: {v[i - 1].end}")
+        if v[-1].end != 1.0:
+            raise ValueError(f"phases[{len(v) - 1}].end={v[-1].end}: the last phase must end at 1 (the whole budget)")
+        names = [ph.name or f"phase{i}" for i, ph in enumerate(v)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique; got {names}")
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _start_from_starts(cls, data: Any) -> Any:
@@ -74,6 +134,18 @@ class ArmConfig(Strict):
             extra = [k for k in ("start", "starts", "streams") if getattr(self, k)] + (["ramp"] if self.ramp else [])
             if self.start is not None or extra:
                 raise ValueError(f"arm '{self.name}' has data=raw, which never switches; remove {extra or ['start']}")
+        if self.phases is not None:
+            extra = [k for k in ("starts", "streams") if getattr(self, k)]
+            if self.data == "raw" or extra:
+                raise ValueError(f"arm '{self.name}': phases is the whole schedule; remove "
+                                 f"{extra or ['data: raw']} (or drop phases)")
+            short = min((p.end - p.start for p in self.phases[1:]), default=1.0)
+            if self.ramp > short + 1e-12:
+                raise ValueError(f"arm '{self.name}': ramp={self.ramp} is longer than its shortest blended phase "
+                                 f"({short:g} of the budget); shorten the ramp")
+            if self.start is None:  # refined against curriculum.safe_streams by CurriculumConfig
+                self.start = first_non_safe(self.phases, ["safe"])
+            return self
         if self.data == "curriculum" and self.start is None:
             raise ValueError(f"arm '{self.name}' needs a start fraction in [0, 1], e.g. start: 0.2")
         if self.data == "curriculum":
@@ -104,11 +176,11 @@ class CurriculumConfig(Strict):
     token_budget: int = Field(1_000_000, gt=0)
     """Pretraining tokens per arm (units: tokens). Steps = budget // (batch_size * seq_len)."""
     arms: list[ArmConfig] = Field(default_factory=default_arms)
-    """Arms to train, each `{name, data: raw|curriculum, start, starts, ramp, streams}`: `start` = the switch
-    (fraction of the budget); `starts` = per-intervention starts, e.g. `{refusal: 0.6}` (others start at `start`);
-    `ramp` = fraction of the budget over which each intervention's weight rises linearly from 0; `streams` = the
-    subset of intervention_streams read after the start (default all). Default raw, start_0, start_20, start_60,
-    safe_only."""
+    """Arms to train, each `{name, data: raw|curriculum, start, starts, ramp, streams}` or `{name, phases, ramp}`:
+    `start` = the switch (fraction of the budget); `starts` = per-intervention starts, e.g. `{refusal: 0.6}`
+    (others start at `start`); `ramp` = fraction of the budget over which each intervention's weight rises linearly
+    from 0; `streams` = the subset of intervention_streams read after the start (default all); `phases` = an explicit
+    list of `{start, end, weights}` instead. Default raw, start_0, start_20, start_60, safe_only."""
     safe_streams: list[str] = ["safe"]
     """Streams read before the switch (the papers: score-0 data only)."""
     intervention_streams: list[str] = ["safe", "rephrased", "refusal", "moral_ed", "tagged"]
@@ -168,6 +240,13 @@ class CurriculumConfig(Strict):
             if arm.data != "curriculum":
                 continue
             where = f"arms[{i}] ('{arm.name}')"
+            if arm.phases is not None:
+                switch = first_non_safe(arm.phases, self.safe_streams)
+                if arm.start not in (switch, first_non_safe(arm.phases, ["safe"])):
+                    raise ValueError(f"{where}.start={arm.start}, but its phases first read an intervention at "
+                                     f"{switch}; with phases, start is derived from them: remove it")
+                arm.start = switch
+                continue
             extra = [s for s in arm.streams or [] if s not in self.intervention_streams]
             if extra:
                 raise ValueError(f"{where}.streams has {extra}, which are not in intervention_streams="
