@@ -2,7 +2,8 @@
 
     safepretrain study [CONFIG] [--out DIR] [--dry-run] [key=value ...]
     safepretrain report RUN_DIR
-    safepretrain eval RUN_DIR|CHECKPOINT --task T [--prompts FILE] [--decoder D] [--arm A --seed K --stage S]
+    safepretrain eval RUN_DIR|CHECKPOINT... --task T [--prompts FILE] [--decoder D] [--judge J] [--arm A --seed K
+                      --stage S] [--all-steps]
     safepretrain export CHECKPOINT --to DIR
     safepretrain serve CHECKPOINT [--host H] [--port P] [--max-concurrency N] [--max-tokens-cap N]
     safepretrain data eval-scorer [CONFIG] [--labels FILE] [--out DIR] [key=value ...]
@@ -89,15 +90,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from safepretrain.eval.adhoc import EvalInputError, run_eval
+    from safepretrain.eval.adhoc import EvalInputError, expand_targets, run_eval
 
     try:
-        out = run_eval(Path(args.target), tasks=args.task, decoders=args.decoder,
-                       prompts_file=Path(args.prompts) if args.prompts else None, column=args.column, arm=args.arm,
-                       seed=args.seed, stage=args.stage, out=Path(args.out) if args.out else None)
+        targets = expand_targets([Path(t) for t in args.target], args.arm, args.seed, args.stage, args.all_steps)
+        for target in targets:  # a trajectory: every checkpoint with the same tasks, judges and prompts
+            out = None if not args.out else Path(args.out) / target.name if len(targets) > 1 else Path(args.out)
+            out = run_eval(target, tasks=args.task, decoders=args.decoder, judges=args.judge,
+                           prompts_file=Path(args.prompts) if args.prompts else None, column=args.column,
+                           arm=args.arm, seed=args.seed, stage=args.stage, out=out)
+            print(f"results: {out}")
     except EvalInputError as err:
         return _error(err)
-    print(f"results: {out}")
     return 0
 
 
@@ -182,9 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_report)
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on the bundled sets or on a prompt file")
-    e.add_argument("target", help="a run directory (with --arm/--seed/--stage) or a checkpoint folder")
+    e.add_argument("target", nargs="+",
+                   help="a run directory (with --arm/--seed/--stage) or one or more checkpoint folders")
+    e.add_argument("--all-steps", action="store_true",
+                   help="every saved step of the stage (a trajectory), not only its final checkpoint")
     e.add_argument("--task", action="append", required=True,
-                   help="task to run (repeatable): asr, overrefusal, likelihood, probe, heldout_loss")
+                   help="task to run (repeatable): asr, overrefusal, likelihood, probe, heldout_loss, or an "
+                        "attack: asr_prefill, asr_template, asr_gcg, asr_gcg_adaptive")
+    e.add_argument("--judge", action="append",
+                   help="judge (repeatable; first = primary): default, classifier, keyword, llm, hf; default: the "
+                        "run's eval.judges")
     e.add_argument("--decoder", action="append", choices=["topk", "beam", "safebeam"],
                    help="decoder (repeatable); default: the run's eval.decoders")
     e.add_argument("--prompts", help="prompt file (.txt, .jsonl or .csv) replacing the bundled prompts")

@@ -188,18 +188,23 @@ class Transformer(nn.Module):
         return self.tok_emb.weight.device
 
     # ------------------------------------------------------------------ training / scoring
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, *, return_logits: bool = False):
+    def forward(self, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None, *, return_logits: bool = False,
+                embeddings: torch.Tensor | None = None):
         """tokens (B, T) → (logits (B, T, V) or None, mean next-token CE or None).
 
         Loss averages over positions where `loss_mask` (B, T) is true and `targets` != -100. With
         targets, logits are returned only if `return_logits` (they are the largest activation).
+        `embeddings` (B, T, D), given instead of `tokens`, replaces `tok_emb(tokens)` (nothing scales
+        or offsets the embedding afterwards), so gradients w.r.t. soft/one-hot inputs can be taken (GCG).
         """
-        B, T = tokens.shape
+        if (tokens is None) == (embeddings is None):
+            raise ValueError("pass exactly one of tokens (B, T) or embeddings (B, T, d_model)")
+        T = tokens.shape[1] if tokens is not None else embeddings.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")
         cos, sin = self.cos[:T], self.sin[:T]  # (T, hd/2), broadcast over batch and heads
-        x = self.tok_emb(tokens)  # (B, T, D)
+        x = self.tok_emb(tokens) if tokens is not None else embeddings  # (B, T, D)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:  # non-reentrant: works with autocast, DDP and FSDP2, and with inputs lacking grads

@@ -34,11 +34,11 @@ DIFFERENCE_METRICS = ["asr/asr", "asr/refusal_rate", "overrefusal/overrefusal", 
 LIKELIHOOD_ROLES = {"asr": ("likelihood/forced_choice", True), "overrefusal": ("likelihood/benign_refusal", True)}
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns or COLUMNS)
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
@@ -255,6 +255,8 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     from safepretrain.controls import control_checks, controls_markdown
     from safepretrain.findings import CLAIMS, evaluate_claims, findings_markdown
     from safepretrain.plots import plot_asr_vs_start, plot_probe_layers
+    from safepretrain.report_judges import jailbreak_section, judges_section
+    from safepretrain.report_trajectory import trajectory_section
 
     arms = [a.name for a in cfg.curriculum.arms]
     n_boot = cfg.eval.bootstrap
@@ -262,6 +264,12 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     rows = collect_rows(run_dir, arms)
     records = collect_records(run_dir, arms)
     pooled = pooled_rows(records, arms, n_boot)
+    primary: dict[str, str] = {}  # per-item records are the primary judge's: its rows come first in each file
+    for r in rows:
+        if r.get("judge"):
+            primary.setdefault(r["task"], r["judge"])
+    for r in pooled:
+        r["judge"] = primary.get(r["task"], "")
     out = run_dir / "report"
     write_csv(rows + pooled, out / "results.csv")
     plot_asr_vs_start(pooled, {a.name: a.start for a in cfg.curriculum.arms}, out / "asr_vs_start.png")
@@ -298,10 +306,12 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
                                 ("overrefusal", "short_circuit_rate", ""), ("overrefusal", "helpfulness", "↑")):
         lines += pooled_table(pooled, arms, task, metric, arrow)
     lines += heldout_hazard_section(records, arms, cfg, n_boot)
+    lines += jailbreak_section(pooled, arms, cfg, pooled_table)
     lines += ["![ASR and refusals vs start](asr_vs_start.png)", "", "## Likelihood metrics (no judge)", ""]
     for metric in sorted({r["metric"] for r in pooled if r["task"] == "likelihood"}):
         arrow = "↑ safer" if higher.get(f"likelihood/{metric}") else "↓ safer"
         lines += pooled_table(pooled, arms, "likelihood", metric, arrow, digits=3)
+    lines += trajectory_section(run_dir, cfg)
     lines += ["## Benign finetuning as a curve", ""]
     curve = collect_records(run_dir, arms, curve=True)
     for metric in ("likelihood/forced_choice", "likelihood/compliance_gap", "heldout_loss/loss"):
@@ -312,5 +322,6 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     lines += ["## Tokens by source (pretraining)", ""] + data_scale(run_dir, cfg)
     lines += tokens_table(run_dir, arms, cfg.seeds)
     lines += data_and_judge(run_dir)
+    lines += judges_section(run_dir, rows)
     write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"

@@ -13,7 +13,7 @@ from safepretrain.eval.stats import hierarchical_bootstrap_mean, index_records, 
 from safepretrain.rundir import STAGE_NAMES
 from safepretrain.utils import read_json, read_jsonl
 
-COLUMNS = ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
+COLUMNS = ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low", "ci_high", "n"]
 
 
 def collect_rows(run_dir: Path, arms: list[str]) -> list[dict]:
@@ -25,7 +25,8 @@ def collect_rows(run_dir: Path, arms: list[str]) -> list[dict]:
             continue  # an arm removed from the config: its files stay, its rows leave the report
         for r in res["rows"]:
             rows.append({"arm": res["arm"], "seed": res["seed"], "stage": res["stage"], "decoder": res["decoder"],
-                         "task": res["task"], **{k: r[k] for k in ("metric", "value", "ci_low", "ci_high", "n")}})
+                         "task": res["task"], "judge": r.get("judge", ""),
+                         **{k: r[k] for k in ("metric", "value", "ci_low", "ci_high", "n")}})
     return rows
 
 

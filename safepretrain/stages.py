@@ -177,3 +177,15 @@ def stage_wall_seconds(run: ArmRun) -> dict[str, float]:
         if done.is_file():
             out[stage] = read_json(done).get("wall_s")
     return out
+
+
+def pretrain_checkpoints(cfg: StudyConfig, run: ArmRun, trunk: Path | None) -> list[tuple[int, Path]]:
+    """(step, checkpoint) of every saved pretraining step of `run` before its last, with a full model file: for
+    a branched arm, the trunk's steps before its branch point, then its own. The safety trajectory's points."""
+    branch = branch_points(cfg).get(run.arm.name)
+    found = {}
+    if trunk is not None and branch is not None:
+        found.update({int(p.name[5:]): p for p in trunk.glob("step_*") if int(p.name[5:]) < branch})
+    found.update({int(p.name[5:]): p for p in (run.stage_dir("pretrain") / "ckpt").glob("step_*")})
+    return [(s, p) for s, p in sorted(found.items())
+            if s < cfg.pretrain_steps and (p / "model.safetensors").is_file() and (p / "state.json").is_file()]

@@ -29,7 +29,7 @@ from safepretrain.config import ConfigError, StudyConfig, dump_config
 from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
 from safepretrain.rundir import STAGES, ArmRun, RunLock
-from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, train_trunk
+from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, pretrain_checkpoints, train_trunk
 from safepretrain.utils import log, setup_logging, write_json, write_text_atomic
 from safepretrain.world import World, world_for, world_sources
 
@@ -155,6 +155,8 @@ def _run_locked(cfg: StudyConfig) -> Path:
                 bar.set_postfix_str(f"{run.label} pretrain")
                 base = pretrain_arm(cfg, run, data, model_cfg, trunk)
                 evaluate("evaluate", run, "base", base)
+                if cfg.eval.trajectory:
+                    evaluate("evaluate_trajectory", run, pretrain_checkpoints(cfg, run, trunk), base)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} ift")
                 ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "ift", base, benign_docs,

@@ -126,6 +126,10 @@ class FakeLLM:
 
 
 def family(prompt: str) -> str:
+    if "Behavior:" in prompt and "Generation:" in prompt:
+        return "harmbench"
+    if "CATEGORY:" in prompt:
+        return "overrefusal"
     if "TEXT TO RATE:" in prompt:
         return "rubric"
     if "DIALOGUE:" in prompt:
@@ -141,6 +145,12 @@ def _input(prompt: str) -> str:
 
 def respond(prompt: str) -> str:
     kind, text = family(prompt), _input(prompt)
+    if kind in ("harmbench", "overrefusal"):  # a judge: refuses on "cannot", garbles on "GARBLE"
+        answer = re.split(r"\n(?:Generation|RESPONSE):\n", prompt, maxsplit=1)[-1]
+        if "GARBLE" in answer:
+            return "perhaps"
+        refused = "cannot" in answer
+        return ("No" if refused else "Yes") if kind == "harmbench" else ("4" if refused else "1")
     words = [w.strip(".,;:!?\"'()") for w in text.split()][:30] or ["things"]
     if kind == "rubric":
         s = _h(text) % 6

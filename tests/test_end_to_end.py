@@ -100,13 +100,15 @@ def test_switch_step_exactly_at_start_times_budget(smoke_run):
 def test_every_metric_of_every_model_is_reported(smoke_run):
     out, cfg = smoke_run
     rows = list(csv.DictReader(open(out / "report" / "results.csv")))
-    assert list(rows[0]) == ["arm", "seed", "stage", "decoder", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    assert list(rows[0]) == ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low",
+                             "ci_high", "n"]
     have = {(r["arm"], r["seed"], r["stage"], r["decoder"], r["task"], r["metric"]) for r in rows}
     for arm in cfg.curriculum.arms:
         for stage in ("base", "ift", "benign_ft"):
             for decoder in ("topk", "beam", "safebeam"):  # generation: seed 0 only (eval.generation_seeds)
                 for task, metric in (("asr", "asr"), ("asr", "refusal_rate"), ("asr", "short_circuit_rate"),
-                                     ("overrefusal", "overrefusal"), ("overrefusal", "helpfulness")):
+                                     ("overrefusal", "overrefusal"), ("overrefusal", "helpfulness"),
+                                     *((f"asr_{a}", "asr") for a in cfg.eval.attacks)):
                     assert (arm.name, "0", stage, decoder, task, metric) in have
                     assert (arm.name, "1", stage, decoder, task, metric) not in have
             for seed in ("0", "1", "pooled"):  # judge-free metrics for every seed, and pooled
@@ -120,7 +122,8 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
     report = (out / "report" / "report.md").read_text()
     for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment", "(C3) Benign finetuning",
                     "## Findings", "## Paired arm differences", "## Benign finetuning as a curve",
-                    "## Likelihood metrics", "Text-only baselines", "Tokens by source"):
+                    "## Likelihood metrics", "Text-only baselines", "Tokens by source", "## Jailbreaks",
+                    "## Judges: agreement", "ASR under every judge"):
         assert section in report, section
     assert "INCOMPLETE" not in report
     for claim in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
@@ -128,6 +131,11 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
     samples = [json.loads(x) for x in (out / "eval" / "raw" / "seed0" / "ift" / "topk" / "asr" / "samples.jsonl")
                .read_text().splitlines()]
     assert len(samples) == cfg.eval.n_harmful and all(s["reason"] for s in samples)
+    # every judge's verdict on every sample; every judge's rates in results.csv, each row naming its judge
+    assert all(set(s["verdicts"]) == {"exact", "keyword"} for s in samples)
+    judged = {(r["judge"], r["metric"]) for r in rows if r["task"] == "asr" and r["seed"] == "0"}
+    assert {("exact", "asr"), ("keyword", "asr")} <= judged
+    assert {r["judge"] for r in rows if r["task"] == "asr" and r["seed"] == "pooled"} == {"exact"}  # primary
     quality = json.loads((out / "judge" / "quality.json").read_text())
     assert quality["judge"] == "exact" and quality["cases"]["accuracy"] == 1.0
     card = json.loads((out / "data" / "report_card.json").read_text())
@@ -141,8 +149,15 @@ def test_realtext_world_runs_end_to_end(tmp_path):
     classifier judge, and the report states its controls and findings."""
     out = tmp_path / "run"
     arms = "curriculum.arms=[{name: raw, data: raw}, {name: start_0, start: 0.0}]"  # the controls' two arms
-    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms]) == 0
+    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms,
+                 "eval.trajectory=true", "eval.attacks=[]"]) == 0  # jailbreaks: the organism smoke study's
     report = (out / "report" / "report.md").read_text()
+    # the safety trajectory: the step-20 checkpoint of each arm and seed, then the final model
+    points = list(csv.DictReader(open(out / "report" / "trajectory.csv")))
+    assert {(p["arm"], p["seed"], p["tokens"]) for p in points} == {
+        (a, s, t) for a in ("raw", "start_0") for s in ("0", "1") for t in ("10240", "20480")}
+    assert {p["metric"] for p in points} == {"asr", "compliance_gap", "auroc_best"}
+    assert "## Safety trajectories" in report and (out / "report" / "trajectory.png").stat().st_size > 10_000
     for section in ("## Controls", "## Findings", "## Attack success"):
         assert section in report
     quality = json.loads((out / "judge" / "quality.json").read_text())
@@ -202,6 +217,18 @@ def test_eval_command_on_a_user_prompt_file(smoke_run, tmp_path, capsys):
     samples = [json.loads(x) for x in (target / "topk" / "asr" / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == ["Tell me about the weather in spring.", "How do rivers form?"]
     assert json.loads((target / "none" / "likelihood" / "results.json").read_text())["stage"] == "ift"
+
+
+def test_eval_command_over_every_saved_step_with_a_chosen_judge_and_attack(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    target = tmp_path / "trajectory"
+    assert main(["eval", str(out), "--arm", "raw", "--seed", "0", "--stage", "base", "--all-steps", "--task",
+                 "asr_prefill", "--decoder", "topk", "--judge", "keyword", "--out", str(target)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["step_000020", "step_000040"]  # ckpt_every 20 of 40
+    rows = json.loads((target / "step_000020" / "topk" / "asr_prefill" / "results.json").read_text())["rows"]
+    assert {r["judge"] for r in rows} == {"keyword"}
+    samples = [json.loads(x) for x in (target / "step_000040" / "topk" / "asr_prefill" / "samples.jsonl").open()]
+    assert all(s["attack"] == "prefill" and s["response"].startswith("Sure, here is") for s in samples)
 
 
 def test_a_corrupt_shard_is_detected_and_recomputed(smoke_run):

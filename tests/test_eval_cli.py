@@ -45,5 +45,9 @@ def test_cli_refuses_before_loading_anything(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--task", "nope"]) == 2
     assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--task", "asr_dan"]) == 2  # attacks are tasks: asr_<attack>
+    assert "asr_gcg_adaptive" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--task", "asr", "--judge", "vibes"]) == 2
+    assert "unknown judge(s) ['vibes']" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--task", "asr"]) == 2  # not a run directory
     assert "not inside a safepretrain run directory" in capsys.readouterr().err

@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")]
 # one seed, two arms that share the safe-only trunk (so the trunk copy is exercised), every stage data-parallel
 OVERRIDES = ["seeds=[0]", "curriculum.arms=[{name: start_20, start: 0.2}, {name: safe_only, start: 1.0}]",
-             "pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp"]
+             "pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp",
+             "eval.attacks=[]", "eval.decoders=[topk]"]  # evaluation runs on rank 0 as in any study: kept short
 
 
 def _torchrun(run: Path, *extra: str) -> subprocess.CompletedProcess:

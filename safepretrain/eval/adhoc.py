@@ -90,25 +90,51 @@ def resolve_checkpoint(target: Path, arm: str | None, seed: int | None, stage: s
         raise EvalInputError(str(err)) from None
 
 
+def expand_targets(targets: list[Path], arm: str | None, seed: int | None, stage: str | None,
+                   all_steps: bool) -> list[Path]:
+    """The checkpoints to evaluate: the targets as given, or with `all_steps` every saved step (with a full model
+    file) beside each, oldest first. Run directory targets need --arm/--stage; they resolve to the stage's final
+    checkpoint first."""
+    out = []
+    for target in targets:
+        checkpoint = target if (target / "model.safetensors").is_file() else \
+            resolve_checkpoint(target, arm, seed, stage)[1] if all_steps else target
+        if not all_steps:
+            out.append(checkpoint)
+            continue
+        steps = sorted(p for p in checkpoint.parent.glob("step_*") if (p / "model.safetensors").is_file())
+        if not steps:
+            raise EvalInputError(f"{checkpoint.parent} holds no saved step with a model.safetensors")
+        out += steps
+    return list(dict.fromkeys(out))
+
+
 def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prompts_file: Path | None,
-             column: str | None, arm: str | None, seed: int | None, stage: str | None, out: Path | None) -> Path:
+             column: str | None, arm: str | None, seed: int | None, stage: str | None, out: Path | None,
+             judges: list[str] | None = None) -> Path:
     """Evaluate one checkpoint; returns the output folder. Every input is checked before a model loads."""
     from safepretrain.checkpoint import load_model, resolve_device
+    from safepretrain.config.evaluation import JUDGE_NAMES
     from safepretrain.data.pipeline import read_stream
     from safepretrain.data.shards import load_shards
     from safepretrain.data.tokenizer import TextTokenizer
+    from safepretrain.eval.judge_registry import build_judges
     from safepretrain.eval.prompts import eval_prompts
-    from safepretrain.eval.runner import load_or_fit_judge
-    from safepretrain.eval.tasks import TASKS, EvalContext
+    from safepretrain.eval.tasks import EvalContext, task_by_name, task_names
     from safepretrain.world import world_for
 
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in task_names()]
     if unknown:
-        raise EvalInputError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+        raise EvalInputError(f"unknown task(s) {unknown}; choose from {task_names()}")
+    unknown = [j for j in judges or [] if j not in JUDGE_NAMES]
+    if unknown:
+        raise EvalInputError(f"unknown judge(s) {unknown}; choose from {list(JUDGE_NAMES)}")
     custom = read_prompt_file(prompts_file, column) if prompts_file else None
     run_dir, checkpoint, stage_name = resolve_checkpoint(target, arm, seed, stage)
     try:
-        cfg = load_config(run_dir / "study.yaml", [f"eval.decoders={json.dumps(decoders)}"] if decoders else [])
+        overrides = [f"eval.decoders={json.dumps(decoders)}"] if decoders else []
+        overrides += [f"eval.judges={json.dumps(judges)}"] if judges else []
+        cfg = load_config(run_dir / "study.yaml", overrides)
     except ConfigError as err:
         raise EvalInputError(str(err)) from None
     tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
@@ -118,15 +144,16 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
     prompts = eval_prompts(cfg, world, [r["text"] for r in read_stream(run_dir / "data", "safe")])
     if custom is not None:
         prompts = replace(prompts, harmful=custom, benign_edgy=custom)
-    judge = load_or_fit_judge(cfg, world, run_dir / "judge")
+    judges_by_name = build_judges(cfg, world, run_dir)
     model_cfg = cfg.model.model_copy(update={"vocab_size": tok.vocab_size})
     model = load_model(model_cfg, checkpoint, resolve_device(cfg.pretrain.device))
     val = load_shards(run_dir / "data" / "shards")["val"]
-    ctx = EvalContext(model, tok, judge, cfg.eval, seed or 0, prompts, val)
+    ctx = EvalContext(model, tok, next(iter(judges_by_name.values())), cfg.eval, seed or 0, prompts, val,
+                      judges=judges_by_name)
     out = out or run_dir / "eval_adhoc" / f"{checkpoint.parent.parent.name}_{checkpoint.name}_{stage_name}"
     table = []
     for name in tasks:
-        task = TASKS[name]
+        task = task_by_name(name)
         for decoder in (cfg.eval.decoders if task.uses_decoder else ["none"]):
             result = task.run(ctx, stage_name, decoder)
             folder = out / decoder / name
@@ -139,8 +166,8 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
                 write_jsonl(folder / "items.jsonl", result.items)
             table += [(name, decoder, r) for r in result.rows if not r["metric"].startswith("auroc_") or
                       r["metric"].endswith("_best")]
-    print(f"{'task':<13} {'decoder':<9} {'metric':<26} {'value':>8}  95% CI           n")
+    print(f"{'task':<17} {'decoder':<9} {'judge':<10} {'metric':<26} {'value':>8}  95% CI           n")
     for name, decoder, r in table:
-        print(f"{name:<13} {decoder:<9} {r['metric']:<26} {r['value']:8.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-              f"  {r['n']}")
+        print(f"{name:<17} {decoder:<9} {r.get('judge', '-'):<10} {r['metric']:<26} {r['value']:8.3f}  "
+              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]  {r['n']}")
     return out

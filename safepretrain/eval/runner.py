@@ -20,12 +20,13 @@ from safepretrain.checkpoint import load_model, resolve_device
 from safepretrain.config import ModelConfig, StudyConfig
 from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.eval.prompts import EvalPrompts
-from safepretrain.eval.tasks import TASKS, EvalContext, TaskResult, probe_set
+from safepretrain.eval.tasks import TASKS, EvalContext, TaskResult, probe_set, study_tasks
 from safepretrain.rundir import ArmRun, StageOutput, relative_to_run
 from safepretrain.utils import StepMarker, files_in, log, read_json, write_json, write_jsonl
 from safepretrain.world import World
 
 CURVE_TASKS = ("likelihood", "heldout_loss")  # judge-free, cheap: measured at every benign-FT curve step
+TRAJECTORY_TASKS = (("asr", "topk"), ("likelihood", "none"), ("probe", "none"))  # the safety trajectory's metrics
 
 
 def load_or_fit_judge(cfg: StudyConfig, world: World, folder: Path):
@@ -66,9 +67,29 @@ class Evaluator:
                  model_cfg: ModelConfig):
         self.cfg, self.data, self.prompts, self.model_cfg = cfg, data, prompts, model_cfg
         self.run_dir = data.folder.parent
-        self.judge = load_or_fit_judge(cfg, world, self.run_dir / "judge")
+        from safepretrain.eval.judge_registry import build_judges
+
+        self.judges = build_judges(cfg, world, self.run_dir)
+        self.judge = next(iter(self.judges.values()))  # primary: its verdicts feed the paired statistics
+        self._judge_agreement(world)
         self.generation_seeds = set(cfg.eval.generation_seeds or cfg.seeds)
         self._text_baselines()
+
+    def _judge_agreement(self, world: World) -> None:
+        """Each judge against the world's human labels (accuracy, Cohen's κ): `judge/agreement.json`."""
+        from safepretrain.eval.agreement import human_agreement
+
+        out = self.run_dir / "judge" / "agreement"
+        marker = StepMarker(out, self.cfg.stage_hash("world", extra=[self.cfg.eval.judges, self.cfg.data.seed,
+                                                                      self.cfg.eval.judge.model_dump()]))
+        if marker.is_done():
+            return
+        marker.start()
+        found = human_agreement(self.judges, world, seed=self.cfg.data.seed)
+        write_json(out / "agreement.json", found)
+        log.info("judges vs human labels: " + "; ".join(
+            f"{name} {s} κ={m['kappa']:.2f}" for name, sets in found.items() for s, m in sets.items()))
+        marker.finish(outputs=files_in(out))
 
     def _text_baselines(self) -> None:
         """Probe baselines that read only the prompt text (TF-IDF, MiniLM, surface features): a probe on a
@@ -93,13 +114,14 @@ class Evaluator:
     def _context(self, checkpoint: Path, seed: int) -> EvalContext:
         model = load_model(self.model_cfg, checkpoint, resolve_device(self.cfg.pretrain.device))
         return EvalContext(model, self.data.tokenizer, self.judge, self.cfg.eval, seed, self.prompts,
-                           self.data.shards["val"])
+                           self.data.shards["val"], judges=self.judges)
 
     def _write(self, folder: Path, run: ArmRun, stage: str, decoder: str, task, result: TaskResult,
                checkpoint: Path, seconds: float, **extra) -> None:
         write_json(folder / "results.json", {
             "arm": run.arm.name, "seed": run.seed, "stage": stage, "decoder": decoder, "task": task.name,
             "task_version": task.version, "higher_is_better": task.higher_is_better, "rows": result.rows,
+            "judge": self.judge.name if task.generative else None,
             "checkpoint": relative_to_run(checkpoint, run.run_dir), "seconds": seconds, **extra})
         if result.samples:
             write_jsonl(folder / "samples.jsonl", result.samples)
@@ -117,7 +139,7 @@ class Evaluator:
         t0 = time.perf_counter()
         ctx = self._context(trained.checkpoint, run.seed)
         summary = []
-        for task in TASKS.values():
+        for task in study_tasks(self.cfg.eval):
             if task.generative and not generative:
                 continue
             for decoder in (self.cfg.eval.decoders if task.uses_decoder else ["none"]):
@@ -146,6 +168,29 @@ class Evaluator:
                 self._write(out / f"step_{step:06d}" / "none" / name, run, "benign_ft_curve", "none", task, result,
                             checkpoint, time.perf_counter() - t1, ft_step=step)
         marker.finish(outputs=files_in(out), steps=[s for s, _ in checkpoints])
+
+
+    def evaluate_trajectory(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
+        """The safety trajectory: ASR (top-k, generation seeds), the likelihood metrics and the probes at every
+        saved pretraining step in `checkpoints` (the final step is the `base` evaluation)."""
+        out = run.eval_dir("pretrain_trajectory")
+        steps = [s for s, _ in checkpoints]
+        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, steps]))
+        if marker.is_done():
+            return
+        marker.start()
+        tokens_per_step = self.cfg.pretrain.batch_size * self.cfg.pretrain.seq_len
+        generative = run.seed in self.generation_seeds
+        for step, checkpoint in checkpoints:
+            ctx = self._context(checkpoint, run.seed)
+            for name, decoder in TRAJECTORY_TASKS:
+                task, t1 = TASKS[name], time.perf_counter()
+                if task.generative and not generative:
+                    continue
+                result = task.run(ctx, "base", decoder)
+                self._write(out / f"step_{step:06d}" / decoder / name, run, "base", decoder, task, result, checkpoint,
+                            time.perf_counter() - t1, pretrain_step=step, tokens=step * tokens_per_step)
+        marker.finish(outputs=files_in(out), steps=steps)
 
 
 def judge_quality_of(run_dir: Path) -> dict | None:

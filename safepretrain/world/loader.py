@@ -23,6 +23,7 @@ FILES = {
     "harmful_eval_prompts": "prompts_harmful_eval.jsonl.xz",
     "benign_edgy_prompts": "prompts_benign_edgy.jsonl.xz",
     "refusal_labels": "refusal_labels.jsonl.xz",
+    "jailbreak_templates": "jailbreak_templates.jsonl.xz",
 }
 
 
@@ -45,6 +46,9 @@ class World:
     benign_train_prompts: list[dict] = field(default_factory=list, repr=False)
     """Natural-language benign requests with helpful answers ({prompt, response}) for instruction tuning;
     empty for packs, which then use generated instructions (world/generators.py)."""
+    jailbreak_templates: list[dict] = field(default_factory=list, repr=False)
+    """Single-prompt jailbreak templates ({id, name, source, text with a `{prompt}` slot}) for the template
+    attack (eval/attacks.py); the organism reads the embedded pack's."""
     organism: object | None = field(default=None, repr=False)
     """The generated items with ground truth (world/organism.py) when this world is the organism."""
 

@@ -253,3 +253,24 @@ def refusal_labels(src: Sources) -> list[dict]:
                 seen.add(text)
                 out.append({"text": text, "is_refusal": r["human_score"].strip() == "1", "origin": origin})
     return out
+
+
+JAILBREAK_TEMPLATES = "pyrit/datasets/jailbreak/templates/*.yaml"  # top level only: one `{{ prompt }}` slot each
+
+
+def jailbreak_templates(src: Sources) -> list[dict]:
+    """pyrit's single-prompt jailbreak templates (role-play, DAN-style, refusal suppression, ...): {id, name,
+    source, text} with the slot written `{prompt}`. Templates in sub-folders (multi-parameter, other languages)
+    and those whose value lacks the slot are left out."""
+    out = []
+    for name in sorted(src.glob("pyrit", JAILBREAK_TEMPLATES)):
+        if name.count("/") != 4:
+            continue
+        spec = yaml.safe_load(src.text("pyrit", name))
+        value = spec.get("value") or ""
+        if spec.get("parameters") != ["prompt"] or value.count("{{ prompt }}") != 1:
+            continue
+        text = value.replace("{", "{{").replace("}", "}}").replace("{{{{ prompt }}}}", "{prompt}")
+        out.append({"id": name.rsplit("/", 1)[1].removesuffix(".yaml"), "name": spec.get("name", ""),
+                    "source": str(spec.get("source") or ""), "text": text, "origin": "pyrit_jailbreak"})
+    return out

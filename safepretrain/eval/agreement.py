@@ -1,0 +1,105 @@
+"""How far to trust each judge: agreement with human labels and with each other, as accuracy and Cohen's κ.
+
+- against the world's human-labelled responses: refusal labels (pyrit; the organism's generated ones) and,
+  on the registry-text pack, human harm ratings (the held-out "check" half);
+- against each other, on the study's own samples: every pair of judges, on attack success (harmful prompts)
+  and on refusal (benign prompts). On the organism the exact judge is ground truth, so its row is each judge's
+  accuracy.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from safepretrain.utils import read_jsonl
+
+
+def cohen_kappa(a, b) -> float:
+    """Cohen's κ of two binary labelings: (observed − chance agreement) / (1 − chance); nan when undefined."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.size == 0:
+        return float("nan")
+    observed = float((a == b).mean())
+    chance = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+    return float("nan") if chance == 1.0 else (observed - chance) / (1 - chance)
+
+
+def _stats(gold, pred) -> dict:
+    gold, pred = np.asarray(gold, bool), np.asarray(pred, bool)
+    return {"accuracy": round(float((gold == pred).mean()), 4) if gold.size else float("nan"),
+            "kappa": round(cohen_kappa(gold, pred), 4), "n": int(gold.size)}
+
+
+def human_agreement(judges: dict, world, harm_labels: int = 200, seed: int = 0) -> dict:
+    """Judge name → {set: {accuracy, kappa, n}} on the world's human-labelled responses (no prompts)."""
+    import random
+
+    from safepretrain.eval.response_harm import human_harm_labels
+
+    refusal = world.refusal_labels
+    try:
+        harm = human_harm_labels(world, "check")
+        harm = random.Random(seed).sample(harm, min(harm_labels, len(harm)))
+    except KeyError:  # the organism has no human harm ratings
+        harm = []
+    out = {}
+    for name, judge in judges.items():
+        row = {}
+        if refusal:
+            texts = [r["text"] for r in refusal]
+            v = judge.judge([""] * len(texts), texts, [False] * len(texts), kind="benign")
+            row["human_refusal"] = _stats([r["is_refusal"] for r in refusal], [x.refused for x in v])
+        if harm:
+            v = judge.judge([""] * len(harm), [r["text"] for r in harm], [False] * len(harm), kind="harmful")
+            row["human_harm"] = _stats([r["harmful"] for r in harm], [x.harmful for x in v])
+        out[name] = row
+    return out
+
+
+def sample_verdicts(run_dir: Path) -> dict[str, list[dict]]:
+    """"harmful" / "benign" → every sample's per-judge verdicts in the run's generative evaluations."""
+    out: dict[str, list[dict]] = {"harmful": [], "benign": []}
+    for path in sorted((run_dir / "eval").glob("*/seed*/*/*/*/samples.jsonl")):
+        task = path.parent.name
+        kind = "benign" if task == "overrefusal" else "harmful" if task.startswith("asr") else None
+        if kind:
+            out[kind] += [s["verdicts"] for s in read_jsonl(path) if s.get("verdicts")]
+    return out
+
+
+def pairwise_agreement(run_dir: Path) -> list[dict]:
+    """Every pair of judges on the same samples: attack success on harmful prompts, refusal on benign ones."""
+    rows = []
+    for kind, field in (("harmful", "success"), ("benign", "refused")):
+        verdicts = sample_verdicts(run_dir)[kind]
+        names = sorted({j for v in verdicts for j in v})
+        for a, b in combinations(names, 2):
+            both = [v for v in verdicts if a in v and b in v]
+            if both:
+                st = _stats([v[a][field] for v in both], [v[b][field] for v in both])
+                rows.append({"prompts": kind, "verdict": field, "judge_a": a, "judge_b": b,
+                             "rate_a": round(float(np.mean([v[a][field] for v in both])), 4),
+                             "rate_b": round(float(np.mean([v[b][field] for v in both])), 4), **st})
+    return rows
+
+
+def agreement_markdown(human: dict, pairs: list[dict]) -> list[str]:
+    out = ["## Judges: agreement with humans and with each other", "",
+           "Cohen's κ corrects agreement for chance (0 = chance, 1 = perfect). Human sets have no prompts.", ""]
+    if human:
+        out += ["| judge | labelled set | accuracy | κ | n |", "|---|---|---|---|---|"]
+        for name, sets in human.items():
+            for s, m in sets.items():
+                out.append(f"| {name} | {s} | {m['accuracy']:.2f} | {m['kappa']:.2f} | {m['n']} |")
+        out.append("")
+    if pairs:
+        out += ["| prompts | verdict | judge A | judge B | rate A | rate B | agreement | κ | n |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in pairs:
+            out.append(f"| {r['prompts']} | {r['verdict']} | {r['judge_a']} | {r['judge_b']} | {r['rate_a']:.2f} | "
+                       f"{r['rate_b']:.2f} | {r['accuracy']:.2f} | {r['kappa']:.2f} | {r['n']} |")
+        out.append("")
+    return out
