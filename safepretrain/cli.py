@@ -1,6 +1,6 @@
 """Command line: thin wrappers that parse arguments and call the library.
 
-    safepretrain study [CONFIG] [--out DIR] [--dry-run] [key=value ...]
+    safepretrain study [CONFIG] [--out DIR] [--dry-run | --status] [key=value ...]
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT... --task T [--prompts FILE] [--decoder D] [--judge J] [--arm A --seed K
                       --stage S] [--all-steps]
@@ -46,6 +46,13 @@ def _study(args: argparse.Namespace) -> int:
     if ranks > 1 and single and not args.dry_run:  # each rank would train its own copy of the same model
         return _error(f"under torchrun (WORLD_SIZE={ranks}) every training stage must be data-parallel: "
                       f"{', '.join(single)} is none; set {single[0]}=ddp (or fsdp2)")
+    if args.status:  # of the run as it was started: its own study.yaml when there is one
+        from safepretrain.status import status_table, study_status
+
+        saved = cfg.run_dir / "study.yaml"
+        run_cfg = load_config(str(saved), [f"out_dir={cfg.run_dir}"]) if saved.is_file() else cfg
+        print(status_table(study_status(run_cfg), cfg.run_dir))
+        return 0
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
         print(dump_config(cfg))
         print("# planned steps")
@@ -179,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional YAML config, then dotlist overrides such as curriculum.token_budget=2e6")
     s.add_argument("--out", help="run directory (default: runs/<name>)")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned steps")
+    s.add_argument("--status", action="store_true",
+                   help="list every step of the run directory: done / running / failed / interrupted / pending, "
+                        "with wall times and the log of a failure")
     s.set_defaults(func=_study)
 
     r = sub.add_parser("report", help="rebuild report.md / results.csv / plots from a run directory")

@@ -324,4 +324,7 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     lines += data_and_judge(run_dir)
     lines += judges_section(run_dir, rows)
     write_text_atomic(out / "report.md", "\n".join(lines))
+    from safepretrain.report_html import write_html_report
+
+    write_html_report(run_dir, cfg)
     return out / "report.md"

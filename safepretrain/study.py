@@ -30,7 +30,7 @@ from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
 from safepretrain.rundir import STAGES, ArmRun, RunLock
 from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, pretrain_checkpoints, train_trunk
-from safepretrain.utils import log, setup_logging, write_json, write_text_atomic
+from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
 from safepretrain.world import World, world_for, world_sources
 
 
@@ -55,6 +55,7 @@ def validate_against_world(cfg: StudyConfig) -> None:
 
 def plan(cfg: StudyConfig) -> list[str]:
     """Human-readable list of the steps `run_study` will run (`--dry-run`)."""
+    from safepretrain.compute import time_plan
     from safepretrain.curriculum import describe_arm, dose_plan
     from safepretrain.memory import memory_plan
     from safepretrain.stages import branch_points
@@ -84,6 +85,7 @@ def plan(cfg: StudyConfig) -> list[str]:
     if dose := dose_plan(c):
         lines.append(dose)
     lines += memory_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", 8)))
+    lines += time_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", 8)))
     lines.append("report: results.csv, report.md, findings, plots")
     return lines
 
@@ -117,7 +119,16 @@ def run_study(cfg: StudyConfig) -> Path:
         return _run_locked(cfg)
     with RunLock(cfg.run_dir):
         setup_logging(cfg.run_dir / "study.log")
-        return _run_locked(cfg)
+        failed = cfg.run_dir / "failed.json"
+        failed.unlink(missing_ok=True)
+        try:
+            return _run_locked(cfg)
+        except Exception as err:  # name the failed step for `--status`; finished steps stay valid
+            step = StepMarker.last_started
+            write_json(failed, {"step": str(step.relative_to(cfg.run_dir)) if step else None,
+                                "error": f"{type(err).__name__}: {err}", "log": "study.log"})
+            log.error(f"study failed in {step}: {type(err).__name__}: {err} (rerun to continue from here)")
+            raise
 
 
 def _run_locked(cfg: StudyConfig) -> Path:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class StepMarker:
     checkpoint, a zero-filled shard) is reported with its path and the step is recomputed from scratch.
     """
 
+    last_started: Path | None = None
+
     def __init__(self, folder: Path, config_hash: str):
         self.folder, self.hash = folder, config_hash
         self.done_file = folder / "done.json"
@@ -161,11 +164,14 @@ class StepMarker:
                     "refusing to overwrite them. Move them away, or give the study another --out")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.started_file.write_text(self.hash)
+        self._started = time.perf_counter()
+        StepMarker.last_started = self.folder  # a study that fails names this step (study.py, `--status`)
 
     def finish(self, outputs: Iterable[Path] = (), **info: Any) -> None:
         """Mark the step done; `outputs` (files inside the folder) get checksums verified on every reuse."""
         sums = {str(Path(p).relative_to(self.folder)): sha256_file(Path(p)) for p in outputs}
-        write_json(self.done_file, {"config_hash": self.hash, **info, "checksums": sums})
+        took = {"step_seconds": round(time.perf_counter() - self._started, 2)} if hasattr(self, "_started") else {}
+        write_json(self.done_file, {"config_hash": self.hash, **info, **took, "checksums": sums})
 
     def info(self) -> dict:
         return read_json(self.done_file)

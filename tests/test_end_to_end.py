@@ -149,13 +149,13 @@ def test_realtext_world_runs_end_to_end(tmp_path):
     classifier judge, and the report states its controls and findings."""
     out = tmp_path / "run"
     arms = "curriculum.arms=[{name: raw, data: raw}, {name: start_0, start: 0.0}]"  # the controls' two arms
-    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms,
-                 "eval.trajectory=true", "eval.attacks=[]"]) == 0  # jailbreaks: the organism smoke study's
+    assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms, "seeds=[0]",
+                 "eval.trajectory=true", "eval.attacks=[]"]) == 0  # seeds and jailbreaks: the organism study's
     report = (out / "report" / "report.md").read_text()
     # the safety trajectory: the step-20 checkpoint of each arm and seed, then the final model
     points = list(csv.DictReader(open(out / "report" / "trajectory.csv")))
     assert {(p["arm"], p["seed"], p["tokens"]) for p in points} == {
-        (a, s, t) for a in ("raw", "start_0") for s in ("0", "1") for t in ("10240", "20480")}
+        (a, "0", t) for a in ("raw", "start_0") for t in ("10240", "20480")}
     assert {p["metric"] for p in points} == {"asr", "compliance_gap", "auroc_best"}
     assert "## Safety trajectories" in report and (out / "report" / "trajectory.png").stat().st_size > 10_000
     for section in ("## Controls", "## Findings", "## Attack success"):
@@ -289,3 +289,50 @@ def test_export_of_a_trained_checkpoint_loads_in_transformers(smoke_run, tmp_pat
     assert torch.allclose(mine, theirs, atol=1e-4)
     assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 2  # never overwrites
     assert "not an empty folder" in capsys.readouterr().err
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                  "--disable-extensions", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-default-apps"]
+
+
+def _page_requests(net_log: Path) -> list[str]:
+    """URLs the page itself asked the network for (Chromium's net log; the browser's own service calls have no
+    origin as initiator, a file:// page's requests have the opaque origin "null")."""
+    log = json.loads(net_log.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [e["params"]["url"] for e in log["events"] if e["type"] == start
+            and e.get("params", {}).get("initiator", "not an origin") != "not an origin"]
+
+
+def test_html_report_renders_offline_in_headless_chromium(smoke_run, tmp_path):
+    """report.html opens in a real browser with every section, its plots inline, and no network request; a
+    control page that does fetch something shows the check can fail."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium: `make test` installs Debian's chromium when it can (apt); install it to run this")
+    out, _ = smoke_run
+    page = out / "report" / "report.html"
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot, net = artifacts / "smoke_report.png", tmp_path / "net.json"
+    subprocess.run([browser, *CHROMIUM_FLAGS, "--window-size=1280,3000", f"--screenshot={shot}",
+                    page.as_uri()], check=True, capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000  # a rendered page, kept as the test's artifact
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--log-net-log={net}", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    titles = re.findall(r"<h2 id=\"[^\"]+\">(.*?)</h2>", dom)
+    for section in ("Controls", "Findings", "Attack success", "Jailbreaks", "Likelihood metrics", "Paired arm",
+                    "Capability", "Tokens by source", "Judges: agreement", "Step wall times",
+                    "Config, versions and revision"):
+        assert any(t.startswith(section) for t in titles), (section, titles)
+    assert dom.count('src="data:image/png;base64,') >= 2 and "<script" not in dom
+    assert _page_requests(net) == []
+    control = tmp_path / "control.html"
+    control.write_text('<html><body><img src="http://127.0.0.1:9/x.png"></body></html>')
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--log-net-log={net}", "--dump-dom", control.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert _page_requests(net) == ["http://127.0.0.1:9/x.png"]

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from safepretrain.config import load_config
+from safepretrain.status import study_status
+
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
@@ -68,7 +71,8 @@ def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whol
     script.write_text(DATA_ONLY)
     run = tmp_path / "run"
     config = str(ROOT / "configs" / "smoke-realtext.yaml")  # its ranks take seconds: room to kill
-    command = [sys.executable, str(script), str(run), config, f"data.workers={workers}"]
+    command = [sys.executable, str(script), str(run), config, f"data.workers={workers}",
+               "data.scorer.max_label_examples=150"]  # a quicker scorer fit: the kill is in the scoring pass
     pymp_before = set(glob.glob("/tmp/pymp-*"))
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     completions = run / "scoring" / "logs" / "score" / "completions"
@@ -93,7 +97,8 @@ def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whol
 
 # A reduced smoke study (one seed; raw, and two arms sharing the safe-only trunk): every stage in ~40 s.
 REDUCED = ["seeds=[0]", "curriculum.arms=[{name: raw, data: raw}, {name: start_20, start: 0.2}, "
-           "{name: safe_only, start: 1.0}]", "eval.attacks=[]"]  # jailbreaks: the end-to-end test's
+           "{name: safe_only, start: 1.0}]",
+           "eval.attacks=[]", "eval.decoders=[topk, safebeam]"]  # decoders and jailbreaks: the end-to-end test's
 
 # (stage, what shows the study is inside it, seconds to wait after that before the kill)
 KILL_POINTS = [
@@ -166,10 +171,15 @@ def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_pa
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(_study(reference), check=True, capture_output=True, timeout=600)
     pymp_before = set(glob.glob("/tmp/pymp-*"))
+    cfg = load_config(str(ROOT / "configs" / "smoke.yaml"), [f"out_dir={killed}", *REDUCED])
     for stage, sign, delay in KILL_POINTS:
         _kill_in(stage, killed, sign, delay)
+        states = {x.name: x.state for x in study_status(cfg)}  # `study --status` after the kill
+        assert not {"running", "failed"} & set(states.values()), (stage, states)
+        assert sum(s == "interrupted" for s in states.values()) <= 1, (stage, states)  # the killed step alone
     assert set(glob.glob("/tmp/pymp-*")) - pymp_before == set()  # no multiprocess leftovers
     subprocess.run(_study(killed), check=True, capture_output=True, timeout=600)
+    assert {x.state for x in study_status(cfg)} == {"done"}
 
     expected, got = _outputs(reference), _outputs(killed)
     assert len(expected) > 40 and any(k.endswith("model.safetensors") for k in expected)
@@ -185,4 +195,6 @@ def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_pa
         assert [json.loads(x)["loss"] for x in metrics.read_text().splitlines()] == \
                [json.loads(x)["loss"] for x in ref.read_text().splitlines()]
     log = (killed / "study.log").read_text()
+    evaluations = re.findall(r"\[eval [^\]]+\]", log)
+    assert len(evaluations) == len(set(evaluations)) == 9  # 3 arms x 3 stages, none evaluated twice
     assert log.count("study done in") == 1 and "INCOMPLETE" not in (killed / "report" / "report.md").read_text()
