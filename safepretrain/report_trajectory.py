@@ -13,7 +13,7 @@ from safepretrain.utils import read_json
 
 # (task, decoder, metric, axis label)
 METRICS = [("asr", "topk", "asr", "ASR, top-k (fraction) ↓"),
-           ("likelihood", "none", "compliance_gap", "refusal margin: compliance gap (nats/token) ↑"),
+           ("likelihood", "none", "compliance_gap", "refusal margin (nats/token) ↑"),
            ("probe", "none", "auroc_best", "probe AUROC, best layer ↑")]
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
@@ -67,7 +67,7 @@ def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, title="arm (dotted: its switch)", title_fontsize=7)
     fig.suptitle("Safety trajectory over pretraining (base models; band: seeds' range, or 95% CI for one seed)",
-                 fontsize=9)
+                 fontsize=9, y=1.03)
     _save(fig, path)
 
 

@@ -78,7 +78,9 @@ def plan(cfg: StudyConfig) -> list[str]:
             switch = cfg.switch_step(arm)
             when = describe_arm(arm, c) + (f"; switch at step {switch}" if switch is not None else "")
             lines.append(f"seed {seed} arm {arm.name}: pretrain {steps} steps × {tps:,} tok ({when})")
-            decoders = cfg.eval.decoders if seed in gen_seeds else ["likelihood and probes only"]
+            e = cfg.eval
+            decoders = (f"{', '.join(e.decoders)}; judges {', '.join(e.judges)}; attacks "
+                        f"{', '.join(e.attacks) or 'none'}") if seed in gen_seeds else "likelihood and probes only"
             lines.append(f"seed {seed} arm {arm.name}: IFT {cfg.ift.steps} steps (tags: {cfg.saw_tags(arm)}), "
                          f"benign FT {cfg.benign_ft.steps} steps (curve at {cfg.eval.benign_ft_curve}); "
                          f"eval base/ift/benign_ft × {decoders}")

@@ -6,6 +6,7 @@ Units are stated on every field: tokens, steps, words, fractions in [0, 1].
 """
 
 from safepretrain.config.base import STREAMS, ConfigError, Strict
+from safepretrain.config.curriculum import ArmConfig, CurriculumConfig, PhaseConfig, default_arms
 from safepretrain.config.data import (
                                       DataConfig,
                                       InterventionConfig,
@@ -18,18 +19,15 @@ from safepretrain.config.evaluation import EvalConfig, JudgeConfig, ProbeConfig,
 from safepretrain.config.study import StudyConfig, dump_config, load_config, reference_markdown
 from safepretrain.config.training import (
                                       MODEL_PRESETS,
-                                      ArmConfig,
                                       BenignFTConfig,
-                                      CurriculumConfig,
                                       IFTConfig,
                                       ModelConfig,
                                       PretrainConfig,
                                       TrainConfig,
-                                      default_arms,
 )
 
 __all__ = ["STREAMS", "MODEL_PRESETS", "ConfigError", "Strict", "StudyConfig", "WorldConfig", "DataConfig",
            "ScorerConfig", "RoutingConfig", "InterventionConfig", "TokenizerConfig", "CurriculumConfig", "ArmConfig",
-           "ModelConfig", "TrainConfig", "PretrainConfig", "IFTConfig", "BenignFTConfig", "EvalConfig", "TopKConfig",
-           "SafeBeamConfig", "JudgeConfig", "ProbeConfig", "load_config", "dump_config", "reference_markdown",
-           "default_arms"]
+           "PhaseConfig", "ModelConfig", "TrainConfig", "PretrainConfig", "IFTConfig", "BenignFTConfig", "EvalConfig",
+           "TopKConfig", "SafeBeamConfig", "JudgeConfig", "ProbeConfig", "load_config", "dump_config",
+           "reference_markdown", "default_arms"]

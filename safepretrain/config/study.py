@@ -12,16 +12,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from safepretrain.config.base import ConfigError, Strict
+from safepretrain.config.curriculum import ArmConfig, CurriculumConfig
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
 from safepretrain.config.evaluation import EvalConfig
-from safepretrain.config.training import (
-    ArmConfig,
-    BenignFTConfig,
-    CurriculumConfig,
-    IFTConfig,
-    ModelConfig,
-    PretrainConfig,
-)
+from safepretrain.config.training import BenignFTConfig, IFTConfig, ModelConfig, PretrainConfig
 
 
 class StudyConfig(Strict):

@@ -31,6 +31,8 @@ class ContextFreeJudge:
         return self.inner.judge(prompts, responses, short_circuited)
 
     def __getattr__(self, item):  # the inner judge's extras (e.g. the exact judge's helpfulness answers)
+        if item == "inner":  # not set yet (copying): never recurse
+            raise AttributeError(item)
         return getattr(self.inner, item)
 
 
