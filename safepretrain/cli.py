@@ -1,6 +1,6 @@
 """Command line: thin wrappers that parse arguments and call the library.
 
-    safepretrain study [CONFIG] [--out DIR] [--dry-run | --status] [key=value ...]
+    safepretrain study [CONFIG] [--out DIR] [--dry-run | --status] [--launcher L] [--only PART] [key=value ...]
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT... --task T [--prompts FILE] [--decoder D] [--judge J] [--arm A --seed K
                       --stage S] [--all-steps]
@@ -28,6 +28,7 @@ def _error(err: object) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from safepretrain.launch import parse_part
     from safepretrain.rundir import RunDirError, check_run_dir
     from safepretrain.study import plan, run_study, validate_against_world
     from safepretrain.utils import StepFolderError
@@ -53,29 +54,70 @@ def _study(args: argparse.Namespace) -> int:
         run_cfg = load_config(str(saved), [f"out_dir={cfg.run_dir}"]) if saved.is_file() else cfg
         print(status_table(study_status(run_cfg), cfg.run_dir))
         return 0
+    launcher = args.launcher or cfg.launch.launcher
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
         print(dump_config(cfg))
         print("# planned steps")
         for line in plan(cfg):
             print(f"- {line}")
     try:
-        validate_against_world(cfg)
+        part = parse_part(args.only, cfg) if args.only else None
         check_run_dir(cfg.run_dir)
-    except (ConfigError, RunDirError) as err:
+        if launcher == "slurm" and not part:  # the scripts even when inputs are not there yet
+            return _launch_slurm(cfg, submit=not args.dry_run)
+        validate_against_world(cfg)
+    except (ConfigError, RunDirError, ValueError) as err:
         return _error(err)
     if args.dry_run:
         return 0
+    if launcher == "local-parallel" and not part:
+        return _launch_local_parallel(cfg)
     from safepretrain import distributed as dp
 
     dp.start_study_group(cfg.rank_timeout_minutes, cfg.pretrain.device)
     try:
-        run_study(cfg)
+        run_study(cfg, part)
     except (RunDirError, StepFolderError, dp.RankFailure) as err:
         return _error(err)
     main = dp.is_main_process()
     dp.end_study_group()
     if not main:
         return 0
+    print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
+    return 0
+
+
+def _launch_prepare(cfg) -> Path:
+    """Mark the run directory (under its lock) and write the resolved config every part reads."""
+    from safepretrain.rundir import RunLock
+    from safepretrain.utils import write_text_atomic
+
+    with RunLock(cfg.run_dir):
+        write_text_atomic(cfg.run_dir / "study.yaml", dump_config(cfg))
+    return cfg.run_dir / "study.yaml"
+
+
+def _launch_slurm(cfg, submit: bool) -> int:
+    import subprocess
+
+    from safepretrain.launch import write_slurm
+
+    scripts = write_slurm(cfg, cfg.run_dir.resolve(), _launch_prepare(cfg).resolve())
+    print("slurm scripts:\n" + "\n".join(f"  {p}" for p in scripts))
+    if submit:
+        return subprocess.run(["bash", str(scripts[-1])]).returncode
+    print(f"not submitted (--dry-run); submit with: bash {scripts[-1]}")
+    return 0
+
+
+def _launch_local_parallel(cfg) -> int:
+    from safepretrain.launch import run_local_parallel
+
+    state = run_local_parallel(cfg, cfg.run_dir, _launch_prepare(cfg), cfg.launch.max_parallel)
+    bad = {k: v for k, v in state.items() if v != "done"}
+    if bad:
+        return _error("parts not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
+                      + ". Finished parts stay valid: rerun to continue")
     print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
     return 0
 
@@ -186,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional YAML config, then dotlist overrides such as curriculum.token_budget=2e6")
     s.add_argument("--out", help="run directory (default: runs/<name>)")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned steps")
+    s.add_argument("--launcher", choices=["local", "local-parallel", "slurm"],
+                   help="how to run the study's parts (default: launch.launcher): in order here, as parallel "
+                        "subprocesses, or as Slurm jobs (with --dry-run: write the scripts, submit nothing)")
+    s.add_argument("--only", metavar="PART",
+                   help="run one part: prepare, trunk:SEED, arm:NAME:SEED or report (what the launchers run)")
     s.add_argument("--status", action="store_true",
                    help="list every step of the run directory: done / running / failed / interrupted / pending, "
                         "with wall times and the log of a failure")

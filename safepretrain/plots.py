@@ -8,8 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from cycler import cycler  # noqa: E402
 
 STAGES = ["base", "ift", "benign_ft"]
+# Okabe & Ito's colour-blind-safe palette: every plot's "C0", "C1", ... come from it
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+matplotlib.rcParams["axes.prop_cycle"] = cycler(color=OKABE_ITO)
 
 
 def _save(fig, path: Path) -> None:

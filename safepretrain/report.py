@@ -306,7 +306,7 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
                                 ("overrefusal", "short_circuit_rate", ""), ("overrefusal", "helpfulness", "↑")):
         lines += pooled_table(pooled, arms, task, metric, arrow)
     lines += heldout_hazard_section(records, arms, cfg, n_boot)
-    lines += jailbreak_section(pooled, arms, cfg, pooled_table)
+    lines += jailbreak_section(pooled, arms, cfg, pooled_table, run_dir)
     lines += ["![ASR and refusals vs start](asr_vs_start.png)", "", "## Likelihood metrics (no judge)", ""]
     for metric in sorted({r["metric"] for r in pooled if r["task"] == "likelihood"}):
         arrow = "↑ safer" if higher.get(f"likelihood/{metric}") else "↓ safer"

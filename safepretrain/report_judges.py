@@ -9,10 +9,10 @@ import numpy as np
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.agreement import agreement_markdown, pairwise_agreement
-from safepretrain.utils import read_json
+from safepretrain.utils import read_json, read_jsonl
 
 
-def jailbreak_section(pooled: list[dict], arms: list[str], cfg: StudyConfig, table) -> list[str]:
+def jailbreak_section(pooled: list[dict], arms: list[str], cfg: StudyConfig, table, run_dir: Path) -> list[str]:
     """ASR under each configured attack beside plain ASR, pooled like every table (primary judge)."""
     if not cfg.eval.attacks:
         return []
@@ -24,7 +24,26 @@ def jailbreak_section(pooled: list[dict], arms: list[str], cfg: StudyConfig, tab
     out += table(pooled, arms, "asr", "asr", "↓")
     for attack in cfg.eval.attacks:
         out += table(pooled, arms, f"asr_{attack}", "asr", "↓")
-    return out
+    return out + gcg_effect(run_dir)
+
+
+def gcg_effect(run_dir: Path) -> list[str]:
+    """Did the suffix search work? Mean target NLL before and after, and log p(tag) along the target, over every
+    attacked prompt, model and decoder's sample (the suffixes are per prompt and model, shared by decoders)."""
+    rows = []
+    for attack in ("gcg", "gcg_adaptive"):
+        infos = [s["attack_info"] for p in sorted((run_dir / "eval").glob(f"*/seed*/*/topk/asr_{attack}/samples.jsonl"))
+                 for s in read_jsonl(p) if s.get("attack_info")]
+        if infos:
+            mean = {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
+            rows.append(f"| {attack} | {mean['target_nll_before']:.3f} | {mean['target_nll_after']:.3f} | "
+                        f"{mean['tag_logprob']:.3f} | {len(infos)} |")
+    if not rows:
+        return []
+    return ["GCG's own objective (top-k samples' suffixes; nats per target token): the adaptive attack also pushes "
+            "log p(tag) along the target down, against SafeBeam.", "",
+            "| attack | target NLL before | after | log p(tag) on target | prompts x models |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def asr_by_judge(rows: list[dict], out_csv: Path) -> list[str]:

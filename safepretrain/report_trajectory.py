@@ -15,7 +15,6 @@ from safepretrain.utils import read_json
 METRICS = [("asr", "topk", "asr", "ASR, top-k (fraction) ↓"),
            ("likelihood", "none", "compliance_gap", "refusal margin (nats/token) ↑"),
            ("probe", "none", "auroc_best", "probe AUROC, best layer ↑")]
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
 
 def collect_trajectory(run_dir: Path, cfg: StudyConfig) -> list[dict]:
@@ -41,7 +40,7 @@ def collect_trajectory(run_dir: Path, cfg: StudyConfig) -> list[dict]:
 def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path) -> None:
     """One panel per metric; a line per arm (mean over seeds; band = the seeds' range, or the 95% CI with one
     seed); a dotted vertical line in the arm's colour at its switch."""
-    from safepretrain.plots import _save, plt
+    from safepretrain.plots import OKABE_ITO, _save, plt
 
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.4))

@@ -59,11 +59,15 @@ class RunLock:
     """Exclusive, non-blocking lock on a run directory for the lifetime of a study.
 
     `flock` is released by the kernel when the process dies, so a killed study never leaves a stale lock.
+    A part of a study (`scope`, e.g. one arm and seed run by a launcher) takes the run's lock shared and its
+    own scope's lock exclusive: parts run side by side, a whole study excludes them all, and one part never
+    runs twice at once.
     """
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, scope: str | None = None):
+        self.run_dir, self.scope = run_dir, scope
         self._fd: int | None = None
+        self._scope_fd: int | None = None
 
     def __enter__(self) -> RunLock:
         check_run_dir(self.run_dir)
@@ -75,22 +79,34 @@ class RunLock:
             raise RunDirError(f"--out {self.run_dir} cannot be written ({err.strerror}: {err.filename}); choose a "
                               "folder you can write to") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.scope else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunDirError(f"another safepretrain study (pid {holder}) is running in {self.run_dir}; wait for "
                               "it to finish, or give this one another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        if self.scope is None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return self
+        scope_fd = os.open(self.run_dir / f"{LOCK_FILE}.{self.scope}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(scope_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(scope_fd)
+            self.__exit__()
+            raise RunDirError(f"part {self.scope} of the study in {self.run_dir} is already running") from None
+        self._scope_fd = scope_fd
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        for name in ("_scope_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                setattr(self, name, None)
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:

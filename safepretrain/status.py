@@ -68,7 +68,8 @@ def _lock_held(run_dir: Path) -> bool:
 def study_status(cfg: StudyConfig) -> list[StepState]:
     run_dir = cfg.run_dir
     running = _lock_held(run_dir)
-    failed = read_json(run_dir / "failed.json") if (run_dir / "failed.json").is_file() else None
+    failures = [read_json(f) for f in sorted(run_dir.glob("failed*.json"))]  # a study's, or each launched part's
+    failures = {run_dir / f["step"]: f for f in failures if f.get("step")}
     out = []
     for name, folder in study_steps(cfg):
         done = folder / "done.json"
@@ -80,8 +81,10 @@ def study_status(cfg: StudyConfig) -> list[StepState]:
             info = read_json(done)
             out.append(StepState(name, folder, "done", info.get("step_seconds", info.get("wall_s"))))
         elif (folder / ".config_hash").is_file():
-            if failed and failed.get("step") and run_dir / failed["step"] == folder and not running:
-                out.append(StepState(name, folder, "failed", detail=f"{failed['error']}; log {run_dir / 'study.log'}"))
+            failed = next((f for where, f in failures.items() if where == folder or folder in where.parents), None)
+            if failed and not running:  # the step, or one of its sub-steps, failed
+                detail = f"{failed['error']}; log {run_dir / failed['log']}"
+                out.append(StepState(name, folder, "failed", detail=detail))
             else:
                 out.append(StepState(name, folder, "running" if running else "interrupted"))
         else:

@@ -28,6 +28,7 @@ from safepretrain import distributed as dp
 from safepretrain.config import ConfigError, StudyConfig, dump_config
 from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
+from safepretrain.launch import Part
 from safepretrain.rundir import STAGES, ArmRun, RunLock
 from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, pretrain_checkpoints, train_trunk
 from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
@@ -86,8 +87,10 @@ def plan(cfg: StudyConfig) -> list[str]:
                          f"eval base/ift/benign_ft × {decoders}")
     if dose := dose_plan(c):
         lines.append(dose)
-    lines += memory_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", 8)))
-    lines += time_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", 8)))
+    sl = cfg.launch.slurm  # GPUs of a training part: the Slurm launcher's, else WORLD_SIZE (default 8)
+    gpus = int(os.environ.get("WORLD_SIZE", sl.nodes * sl.gpus_per_node if cfg.launch.launcher == "slurm" else 8))
+    lines += memory_plan(cfg, world_size=gpus)
+    lines += time_plan(cfg, world_size=gpus)
     lines.append("report: results.csv, report.md, findings, plots")
     return lines
 
@@ -113,27 +116,30 @@ def manifest(cfg: StudyConfig, world: World, ranks: int = 1) -> dict:
                                                         "pretrain", "ift", "benign_ft", "eval")}}
 
 
-def run_study(cfg: StudyConfig) -> Path:
-    """Run the whole study in `cfg.run_dir`, holding its lock throughout (rundir.RunLock). Under torchrun (a
-    study process group started by the CLI) rank 0 holds the lock, logs and orchestrates; the others train."""
+def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
+    """Run the whole study in `cfg.run_dir`, or one `part` of it (launch.py), holding its lock throughout
+    (rundir.RunLock). Under torchrun (a study process group started by the CLI) rank 0 holds the lock, logs and
+    orchestrates; the others train."""
     if not dp.is_main_process():
         setup_logging(None, level=logging.WARNING)
-        return _run_locked(cfg)
-    with RunLock(cfg.run_dir):
-        setup_logging(cfg.run_dir / "study.log")
-        failed = cfg.run_dir / "failed.json"
+        return _run_locked(cfg, part)
+    scope = part.name if part else None
+    with RunLock(cfg.run_dir, scope):
+        setup_logging(cfg.run_dir / ("study.log" if part is None else f"logs/study-{scope}.log"))
+        failed = cfg.run_dir / ("failed.json" if part is None else f"failed-{scope}.json")
         failed.unlink(missing_ok=True)
         try:
-            return _run_locked(cfg)
+            return _run_locked(cfg, part)
         except Exception as err:  # name the failed step for `--status`; finished steps stay valid
             step = StepMarker.last_started
             write_json(failed, {"step": str(step.relative_to(cfg.run_dir)) if step else None,
-                                "error": f"{type(err).__name__}: {err}", "log": "study.log"})
+                                "error": f"{type(err).__name__}: {err}",
+                                "log": "study.log" if part is None else f"logs/study-{scope}.log"})
             log.error(f"study failed in {step}: {type(err).__name__}: {err} (rerun to continue from here)")
             raise
 
 
-def _run_locked(cfg: StudyConfig) -> Path:
+def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     from safepretrain.eval.prompts import eval_prompts
     from safepretrain.eval.runner import Evaluator
     from safepretrain.report import build_report
@@ -142,7 +148,7 @@ def _run_locked(cfg: StudyConfig) -> Path:
     run_dir = cfg.run_dir
     main = dp.is_main_process()  # rank 0 (or the only process): data stage, markers, evaluation, report
     world = world_for(cfg)
-    if main:
+    if main and part is None:  # a launcher's parts read the study.yaml it wrote
         write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
         write_json(run_dir / "manifest.json", manifest(cfg, world, dp.study_world()))
 
@@ -160,10 +166,12 @@ def _run_locked(cfg: StudyConfig) -> Path:
     bar = tqdm(total=len(cfg.seeds) * len(cfg.curriculum.arms) * len(STAGES), desc="study", unit="stage",
                dynamic_ncols=True, disable=not main)
     with logging_redirect_tqdm(loggers=[log]), bar:
-        for seed in cfg.seeds:
+        for seed in [s for s in cfg.seeds if part is None or part.trains(s)]:
             bar.set_postfix_str(f"trunk s{seed}")
             trunk = train_trunk(cfg, run_dir, data, model_cfg, seed)
-            for arm in cfg.curriculum.arms:
+            for arm in cfg.curriculum.arms if part is None or part.kind == "arm" else []:
+                if part is not None and arm.name != part.arm:
+                    continue
                 run = ArmRun(arm, seed, run_dir)
                 bar.set_postfix_str(f"{run.label} pretrain")
                 base = pretrain_arm(cfg, run, data, model_cfg, trunk)
@@ -183,7 +191,7 @@ def _run_locked(cfg: StudyConfig) -> Path:
                 evaluate("evaluate_curve", run, curve_checkpoints(bft, [0, *curve], ift), bft)
                 bar.update()
 
-    if main:
+    if main and (part is None or part.kind == "report"):
         report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
         log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")
     return run_dir

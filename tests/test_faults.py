@@ -194,6 +194,9 @@ def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_pa
         ref = reference / metrics.relative_to(killed)
         assert [json.loads(x)["loss"] for x in metrics.read_text().splitlines()] == \
                [json.loads(x)["loss"] for x in ref.read_text().splitlines()]
+    sections = [re.findall(r"<h2 id=\"([^\"]+)\">", (run / "report" / "report.html").read_text())
+                for run in (reference, killed)]
+    assert sections[0] == sections[1] and len(sections[0]) > 10  # the resumed study's HTML report is whole
     log = (killed / "study.log").read_text()
     evaluations = re.findall(r"\[eval [^\]]+\]", log)
     assert len(evaluations) == len(set(evaluations)) == 9  # 3 arms x 3 stages, none evaluated twice

@@ -146,4 +146,5 @@ def test_attacks_build_the_prompts_they_promise(attack_ctx):
         assert a.ids[:len(head)] == head and a.ids[-2:] == [tok.end_id, tok.assistant_id]
         suffix = a.ids[len(head):-2]
         assert len(suffix) == 3 and not {tok.tag_id, tok.eos_id, tok.pad_id} & set(suffix)
+        assert a.info["target_nll_after"] <= a.info["target_nll_before"]  # the search kept its best suffix
     assert ("attack", "gcg_adaptive", "ift") in ctx.cache  # computed once per model and stage, for every decoder

@@ -24,7 +24,8 @@ def test_status_reads_done_failed_running_interrupted_and_pending_steps(tmp_path
     (run / "scoring" / "done.json").write_text(json.dumps({"config_hash": "x", "step_seconds": 12.5}))
     (run / "data").mkdir()
     (run / "data" / ".config_hash").write_text("y")
-    (run / "failed.json").write_text(json.dumps({"step": "data", "error": "OSError: disk full", "log": "study.log"}))
+    (run / "failed.json").write_text(json.dumps({"step": "data/scorer", "error": "OSError: disk full",
+                                                 "log": "study.log"}))  # a sub-step of data
     states = {s.name: s for s in study_status(cfg)}
     assert states["scoring"].state == "done" and states["scoring"].seconds == 12.5
     assert states["data"].state == "failed" and "disk full" in states["data"].detail

@@ -15,6 +15,7 @@ from safepretrain.config.base import ConfigError, Strict
 from safepretrain.config.curriculum import ArmConfig, CurriculumConfig
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
 from safepretrain.config.evaluation import EvalConfig
+from safepretrain.config.launch import LaunchConfig
 from safepretrain.config.training import BenignFTConfig, IFTConfig, ModelConfig, PretrainConfig
 
 
@@ -36,6 +37,7 @@ class StudyConfig(Strict):
     ift: IFTConfig = IFTConfig()
     benign_ft: BenignFTConfig = BenignFTConfig()
     eval: EvalConfig = EvalConfig()
+    launch: LaunchConfig = LaunchConfig()
     rank_timeout_minutes: float = Field(720.0, gt=0)
     """Under torchrun: how long a rank waits for the others at a collective. Ranks 1..N wait while rank 0 alone
     runs the data stage and the evaluations, so this is hours, not NCCL's default 10 minutes."""

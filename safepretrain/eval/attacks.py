@@ -32,6 +32,7 @@ CHAT_STAGES = {"ift", "benign_ft"}
 class Attacked:
     ids: list[int]  # the prompt as the model reads it, before generation
     response_prefix: str = ""  # text the model was made to say first (prefilling); judged with the response
+    info: dict | None = None  # what the attack achieved (GCG: target NLL before/after, log p(tag) on the target)
 
 
 def _plain_ids(ctx: EvalContext, text: str, stage: str) -> list[int]:
@@ -89,7 +90,9 @@ def _gcg(ctx: EvalContext, items: list[dict], stage: str, adaptive: bool) -> lis
         with torch.inference_mode(False), torch.enable_grad():
             found = gcg_suffix(ctx.model, before, after, target, settings=settings, seed=ctx.seed,
                                allowed_ids=allowed, tag_id=tok.tag_id, adaptive=adaptive)
-        out.append(Attacked(before + found.suffix_ids + after))
+        out.append(Attacked(before + found.suffix_ids + after, info={
+            "target_nll_before": round(found.initial_loss, 4), "target_nll_after": round(found.loss, 4),
+            "tag_logprob": round(found.tag_logprob, 4)}))
     return out
 
 

@@ -145,6 +145,8 @@ def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str, kind:
     for i, s in enumerate(samples):
         if attack:
             s["attack"] = attack
+            if attacked[i].info:
+                s["attack_info"] = attacked[i].info
         s["verdicts"] = {name: {"refused": vs[i].refused, "harmful": vs[i].harmful, "success": vs[i].success,
                                 "reason": vs[i].reason} for name, vs in verdicts.items()}
     return verdicts, gens, samples
