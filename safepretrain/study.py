@@ -30,7 +30,14 @@ from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
 from safepretrain.launch import Part
 from safepretrain.rundir import STAGES, ArmRun, RunLock
-from safepretrain.stages import curve_checkpoints, posttrain_arm, pretrain_arm, pretrain_checkpoints, train_trunk
+from safepretrain.stages import (
+    branch_points,
+    curve_checkpoints,
+    posttrain_arm,
+    pretrain_arm,
+    pretrain_checkpoints,
+    train_trunk,
+)
 from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
 from safepretrain.world import World, world_for, world_sources
 
@@ -59,7 +66,6 @@ def plan(cfg: StudyConfig) -> list[str]:
     from safepretrain.compute import time_plan
     from safepretrain.curriculum import describe_arm, dose_plan
     from safepretrain.memory import memory_plan
-    from safepretrain.stages import branch_points
 
     c = cfg.curriculum
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
@@ -168,7 +174,9 @@ def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     with logging_redirect_tqdm(loggers=[log]), bar:
         for seed in [s for s in cfg.seeds if part is None or part.trains(s)]:
             bar.set_postfix_str(f"trunk s{seed}")
-            trunk = train_trunk(cfg, run_dir, data, model_cfg, seed)
+            # a launched arm part reads its seed's trunk only if it branches from it: another part may be training it
+            needs_trunk = part is None or part.kind == "trunk" or part.arm in branch_points(cfg)
+            trunk = train_trunk(cfg, run_dir, data, model_cfg, seed) if needs_trunk else None
             for arm in cfg.curriculum.arms if part is None or part.kind == "arm" else []:
                 if part is not None and arm.name != part.arm:
                     continue

@@ -94,6 +94,9 @@ def test_local_parallel_runs_every_part_once_and_status_shows_them_done(tmp_path
     assert {r["arm"] for r in rows} == {"raw", "start_20", "safe_only"}
     for part in ("prepare", "trunk-s0", "arm-raw-s0", "report"):
         assert (run / "logs" / f"study-{part}.log").is_file()  # one log per part
+    logs = "".join(p.read_text() for p in (run / "logs").glob("study-*.log"))
+    assert logs.count("[pretrain trunk s0] step 00001/") == 1  # the raw arm's part, beside it, never trains it
+    assert logs.count("data: datatrove passes") == 1
     status = subprocess.run([sys.executable, "-m", "safepretrain", "study", "--status", "--out", str(run)],
                             capture_output=True, text=True, timeout=120).stdout
     assert re.match(rf"{run}: \d+ done\n", status) and "pending" not in status and "failed" not in status
