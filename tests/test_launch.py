@@ -100,3 +100,26 @@ def test_local_parallel_runs_every_part_once_and_status_shows_them_done(tmp_path
     status = subprocess.run([sys.executable, "-m", "safepretrain", "study", "--status", "--out", str(run)],
                             capture_output=True, text=True, timeout=120).stdout
     assert re.match(rf"{run}: \d+ done\n", status) and "pending" not in status and "failed" not in status
+
+
+def test_local_parallel_runs_what_it_can_around_a_failed_part(tmp_path, monkeypatch):
+    """The scheduler alone (parts faked): a failed trunk names its log; the arms that branch from it are skipped,
+    the others still run, and the report waits for a rerun."""
+    import safepretrain.launch as launch
+
+    cfg = load_config(SMOKE, ["seeds=[0]", f"out_dir={tmp_path}"])
+    ran = []
+
+    def fake_run(command, **kwargs):
+        part = command[command.index("--only") + 1]
+        ran.append(part)
+        return subprocess.CompletedProcess(command, 1 if part == "trunk:0" else 0, "", "boom")
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    state = launch.run_local_parallel(cfg, tmp_path, tmp_path / "study.yaml", max_parallel=2)
+    assert state["trunk-s0"].startswith("failed (rc 1; log ") and "study-trunk-s0.log" in state["trunk-s0"]
+    assert (tmp_path / "logs" / "study-trunk-s0.log").read_text() == "boom"
+    assert {k for k, v in state.items() if v == "skipped (needs trunk-s0)"} == {
+        "arm-start_20-s0", "arm-start_60-s0", "arm-safe_only-s0"}
+    assert state["arm-raw-s0"] == state["arm-start_0-s0"] == "done"
+    assert state["report"].startswith("skipped") and "report" not in ran
