@@ -150,7 +150,8 @@ def test_realtext_world_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     arms = "curriculum.arms=[{name: raw, data: raw}, {name: start_0, start: 0.0}]"  # the controls' two arms
     assert main(["study", str(ROOT / "configs" / "smoke-realtext.yaml"), "--out", str(out), arms, "seeds=[0]",
-                 "eval.trajectory=true", "eval.attacks=[]"]) == 0  # seeds and jailbreaks: the organism study's
+                 "eval.trajectory=true", "eval.attacks=[]", "eval.n_harmful=8", "eval.n_benign_edgy=8",
+                 "eval.n_pairs=8", "eval.probe.n_per_class=8"]) == 0  # seeds, jailbreaks: the organism study's
     report = (out / "report" / "report.md").read_text()
     # the safety trajectory: the step-20 checkpoint of each arm and seed, then the final model
     points = list(csv.DictReader(open(out / "report" / "trajectory.csv")))

@@ -98,7 +98,8 @@ def test_sigkill_of_parallel_data_workers_leaves_no_process_and_counts_stay_whol
 # A reduced smoke study (one seed; raw, and two arms sharing the safe-only trunk): every stage in ~40 s.
 REDUCED = ["seeds=[0]", "curriculum.arms=[{name: raw, data: raw}, {name: start_20, start: 0.2}, "
            "{name: safe_only, start: 1.0}]",
-           "eval.attacks=[]", "eval.decoders=[topk, safebeam]"]  # decoders and jailbreaks: the end-to-end test's
+           "eval.attacks=[]", "eval.decoders=[topk, safebeam]",  # decoders and jailbreaks: the end-to-end test's
+           "eval.n_harmful=8", "eval.n_benign_edgy=8", "eval.n_pairs=8", "eval.probe.n_per_class=8"]
 
 # (stage, what shows the study is inside it, seconds to wait after that before the kill)
 KILL_POINTS = [

@@ -84,7 +84,8 @@ def test_slurm_without_data_parallel_stages_trains_on_one_gpu_without_torchrun(t
 def test_local_parallel_runs_every_part_once_and_status_shows_them_done(tmp_path):
     run = tmp_path / "run"
     small = ["seeds=[0]", "curriculum.arms=[{name: raw, data: raw}, {name: start_20, start: 0.2}, "
-             "{name: safe_only, start: 1.0}]", "eval.attacks=[]", "eval.decoders=[topk]", "launch.max_parallel=2"]
+             "{name: safe_only, start: 1.0}]", "eval.attacks=[]", "eval.decoders=[topk]", "launch.max_parallel=2",
+             "eval.n_harmful=8", "eval.n_benign_edgy=8", "eval.n_pairs=8", "eval.probe.n_per_class=8"]
     done = subprocess.run([sys.executable, "-m", "safepretrain", "study", SMOKE, "--out", str(run),
                            "--launcher", "local-parallel", *small], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

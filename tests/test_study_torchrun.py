@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow,
 # one seed, two arms that share the safe-only trunk (so the trunk copy is exercised), every stage data-parallel
 OVERRIDES = ["seeds=[0]", "curriculum.arms=[{name: start_20, start: 0.2}, {name: safe_only, start: 1.0}]",
              "pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp",
-             "eval.attacks=[]", "eval.decoders=[topk]"]  # evaluation runs on rank 0 as in any study: kept short
+             "eval.attacks=[]", "eval.decoders=[topk]",  # evaluation runs on rank 0 as in any study: kept short
+             "eval.n_harmful=8", "eval.n_benign_edgy=8", "eval.n_pairs=8", "eval.probe.n_per_class=8"]
 
 
 def _torchrun(run: Path, *extra: str) -> subprocess.CompletedProcess:
