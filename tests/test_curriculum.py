@@ -222,11 +222,11 @@ def test_max_repeats_fails_naming_stream_arm_and_numbers():
 
 @pytest.mark.parametrize("arm, message", [
     ({"name": "a", "start": 0.0, "starts": {"refusal": 1.5}}, r"starts\[refusal\]=1.5 is outside \[0, 1\]"),
-    ({"name": "a", "start": 0.0, "starts": {"nope": 0.5}}, "starts names unknown stream 'nope'"),
+    ({"name": "a", "start": 0.0, "starts": {"nope": 0.5}}, r"starts names unknown stream\(s\) \['nope'\]"),
     ({"name": "a", "start": 0.0, "starts": {"unsafe": 0.5}}, r"\.starts names \['unsafe'\], which this arm"),
     ({"name": "a", "start": 0.0, "starts": {"refusal": 0.5}, "streams": ["safe", "rephrased"]},
      r"starts names \['refusal'\]"),
-    ({"name": "a", "start": 0.0, "streams": ["safe", "nope"]}, r"streams has unknown stream\(s\) \['nope'\]"),
+    ({"name": "a", "start": 0.0, "streams": ["safe", "nope"]}, r"streams names unknown stream\(s\) \['nope'\]"),
     ({"name": "a", "start": 0.0, "streams": ["unsafe"]}, r"streams has \['unsafe'\], which are not in"),
     ({"name": "a", "start": 0.0, "streams": ["safe"]}, "has no intervention stream"),
     ({"name": "a", "start": 0.0, "ramp": -0.1}, "greater than or equal to 0"),

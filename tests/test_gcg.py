@@ -94,3 +94,12 @@ def test_model_is_left_unchanged():
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
         assert p.grad is None, name
+
+
+def test_the_study_config_and_the_attack_share_their_defaults():
+    """`eval.attack.gcg_*` is what a study runs; `GCGSettings()` what a direct call runs: they must not drift."""
+    from safepretrain.config.evaluation import AttackConfig
+
+    a, g = AttackConfig(), GCGSettings()
+    assert (a.gcg_suffix_len, a.gcg_steps, a.gcg_topk, a.gcg_candidates, a.gcg_tag_weight) == \
+           (g.suffix_len, g.steps, g.topk, g.candidates, g.tag_weight)

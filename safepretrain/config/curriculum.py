@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from safepretrain.config.base import STREAMS, Strict
+
+
+def known_streams(names, field: str) -> None:
+    """Refuse stream names that are not streams, naming the field and the known ones."""
+    bad = [s for s in names if s not in STREAMS]
+    if bad:
+        raise ValueError(f"{field} names unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
 
 
 class PhaseConfig(Strict):
@@ -25,9 +32,7 @@ class PhaseConfig(Strict):
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [s for s in v if s not in STREAMS]
-        if bad:
-            raise ValueError(f"weights names unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+        known_streams(v, "weights")
         negative = {s: w for s, w in v.items() if not w >= 0}
         if negative:
             raise ValueError(f"weights {negative} must be >= 0 (relative sampling weights)")
@@ -76,9 +81,8 @@ class ArmConfig(Strict):
     @field_validator("starts")
     @classmethod
     def _starts(cls, v: dict[str, float]) -> dict[str, float]:
+        known_streams(v, "starts")
         for s, f in v.items():
-            if s not in STREAMS:
-                raise ValueError(f"starts names unknown stream '{s}'; known streams: {sorted(STREAMS)}")
             if not 0.0 <= f <= 1.0:
                 raise ValueError(f"starts[{s}]={f} is outside [0, 1]; it is a fraction of the token budget")
         return v
@@ -86,9 +90,7 @@ class ArmConfig(Strict):
     @field_validator("streams")
     @classmethod
     def _streams(cls, v: list[str] | None) -> list[str] | None:
-        bad = [s for s in v or [] if s not in STREAMS]
-        if bad:
-            raise ValueError(f"streams has unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+        known_streams(v or [], "streams")
         if v is not None and not v:
             raise ValueError("streams is empty; list the streams to read after the start, e.g. [safe, rephrased]")
         return v
@@ -205,10 +207,8 @@ class CurriculumConfig(Strict):
 
     @field_validator("safe_streams", "intervention_streams", "raw_streams")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in STREAMS]
-        if bad:
-            raise ValueError(f"unknown stream(s) {bad}; known streams: {sorted(STREAMS)}")
+    def _known(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        known_streams(v, info.field_name)
         if not v:
             raise ValueError(f"needs at least one stream, e.g. ['safe']; known streams: {sorted(STREAMS)}")
         return v
@@ -216,9 +216,8 @@ class CurriculumConfig(Strict):
     @field_validator("upsample")
     @classmethod
     def _upsample(cls, v: dict[str, float]) -> dict[str, float]:
+        known_streams(v, "upsample")
         for s, w in v.items():
-            if s not in STREAMS:
-                raise ValueError(f"upsample names unknown stream '{s}'; known streams: {sorted(STREAMS)}")
             if w <= 0:
                 raise ValueError(f"upsample[{s}]={w} must be > 0 (1 = natural share)")
         return v
