@@ -63,6 +63,11 @@ def setup(mode: str, device: torch.device) -> DistContext:
 
 def teardown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
+        # every rank reaches the same point before any tears its sockets down: a rank that destroys the group while
+        # a peer's gloo threads still talk to it can abort the peer at exit (seen once in CI: SIGABRT, "terminate
+        # called without an active exception")
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
