@@ -1,6 +1,6 @@
 """Data-parallel scaling on CPU: 2 gloo processes vs 1 at the same global batch, same model, same batches.
 
-Each configuration runs `safepretrain.train.train` on deterministic random batches; throughput is the
+Each configuration runs `safepretrain.train.loop.train` on deterministic random batches; throughput is the
 global tokens of the timed steps over their summed step times (metrics.jsonl `dt`: forward, backward,
 gradient all-reduce, clip, AdamW), the first `--warmup` steps left out. The CPU threads are split evenly:
 one process gets `--threads`, each of the 2 ranks `--threads / 2`. So
@@ -35,8 +35,8 @@ import torch.multiprocessing as mp
 from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ModelConfig, PretrainConfig
-from safepretrain.model import Transformer
-from safepretrain.train import train
+from safepretrain.train.loop import train
+from safepretrain.train.model import Transformer
 from safepretrain.utils import setup_logging
 
 VOCAB = 4096

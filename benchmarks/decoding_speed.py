@@ -30,8 +30,8 @@ import torch
 from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ModelConfig
-from safepretrain.decoding import _left_pad, beam_search, generate_topk, safe_beam_search
-from safepretrain.model import Transformer
+from safepretrain.eval.decoding import _left_pad, beam_search, generate_topk, safe_beam_search
+from safepretrain.train.model import Transformer
 
 
 @torch.inference_mode()

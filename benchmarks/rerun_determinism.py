@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from safepretrain.config import ArmConfig, CurriculumConfig, ModelConfig, PretrainConfig
-from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.shards import load_shards
 from safepretrain.data.tokenizer import TextTokenizer
-from safepretrain.train import train
+from safepretrain.train.curriculum import CurriculumSampler, arm_schedule
+from safepretrain.train.loop import train
 
 SETTINGS = [("fp32", False, True), ("bf16", True, False), ("bf16", True, True)]
 

@@ -33,8 +33,8 @@ from safetensors.torch import save_model
 
 from safepretrain.config import dump_config, load_config
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.model import Transformer
-from safepretrain.rundir import RUN_MARKER
+from safepretrain.run.rundir import RUN_MARKER
+from safepretrain.train.model import Transformer
 
 WORDS = "rivers towns weather bridges markets harbours lanterns orchards".split()
 

@@ -1,6 +1,6 @@
 """Training throughput of our loop vs a bare loop on the same model and the same batches.
 
-Ours = `safepretrain.train.train` with the curriculum sampler, one log line and one metrics.jsonl
+Ours = `safepretrain.train.loop.train` with the curriculum sampler, one log line and one metrics.jsonl
 record per step, the LR schedule, grad clipping and a final checkpoint. Bare = the same model,
 optimizer and precomputed batches in a minimal `for` loop (no clipping, no logging, no checkpoint).
 Both run in this process, interleaved (the order alternates between repeats), and each gets the median
@@ -28,10 +28,10 @@ import torch
 from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ArmConfig, CurriculumConfig, ModelConfig, PretrainConfig
-from safepretrain.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.data.shards import load_shards, write_shard
-from safepretrain.model import Transformer
-from safepretrain.train import autocast, make_optimizer, train
+from safepretrain.train.curriculum import CurriculumSampler, arm_schedule
+from safepretrain.train.loop import autocast, make_optimizer, train
+from safepretrain.train.model import Transformer
 from safepretrain.utils import setup_logging
 
 VOCAB = 4096

@@ -28,9 +28,9 @@ def _error(err: object) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from safepretrain.launch import parse_part
-    from safepretrain.rundir import RunDirError, check_run_dir
-    from safepretrain.study import plan, run_study, validate_against_world
+    from safepretrain.run.launch import parse_part
+    from safepretrain.run.rundir import RunDirError, check_run_dir
+    from safepretrain.run.study import plan, run_study, validate_against_world
     from safepretrain.utils import StepFolderError
 
     config, overrides = None, list(args.items)
@@ -48,7 +48,7 @@ def _study(args: argparse.Namespace) -> int:
         return _error(f"under torchrun (WORLD_SIZE={ranks}) every training stage must be data-parallel: "
                       f"{', '.join(single)} is none; set {single[0]}=ddp (or fsdp2)")
     if args.status:  # of the run as it was started: its own study.yaml when there is one
-        from safepretrain.status import status_table, study_status
+        from safepretrain.run.status import status_table, study_status
 
         saved = cfg.run_dir / "study.yaml"
         run_cfg = load_config(str(saved), [f"out_dir={cfg.run_dir}"]) if saved.is_file() else cfg
@@ -72,8 +72,7 @@ def _study(args: argparse.Namespace) -> int:
         return 0
     if launcher == "local-parallel" and not part:
         return _launch_local_parallel(cfg)
-    from safepretrain import distributed as dp
-
+    from safepretrain.train import distributed as dp
     dp.start_study_group(cfg.rank_timeout_minutes, cfg.pretrain.device)
     try:
         run_study(cfg, part)
@@ -89,7 +88,7 @@ def _study(args: argparse.Namespace) -> int:
 
 def _launch_prepare(cfg) -> Path:
     """Mark the run directory (under its lock) and write the resolved config every part reads."""
-    from safepretrain.rundir import RunLock
+    from safepretrain.run.rundir import RunLock
     from safepretrain.utils import write_text_atomic
 
     with RunLock(cfg.run_dir):
@@ -100,7 +99,7 @@ def _launch_prepare(cfg) -> Path:
 def _launch_slurm(cfg, submit: bool) -> int:
     import subprocess
 
-    from safepretrain.launch import write_slurm
+    from safepretrain.run.launch import write_slurm
 
     scripts = write_slurm(cfg, cfg.run_dir.resolve(), _launch_prepare(cfg).resolve())
     print("slurm scripts:\n" + "\n".join(f"  {p}" for p in scripts))
@@ -111,7 +110,7 @@ def _launch_slurm(cfg, submit: bool) -> int:
 
 
 def _launch_local_parallel(cfg) -> int:
-    from safepretrain.launch import run_local_parallel
+    from safepretrain.run.launch import run_local_parallel
 
     state = run_local_parallel(cfg, cfg.run_dir, _launch_prepare(cfg), cfg.launch.max_parallel)
     bad = {k: v for k, v in state.items() if v != "done"}
@@ -123,8 +122,8 @@ def _launch_local_parallel(cfg) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from safepretrain.report import build_report
-    from safepretrain.rundir import RunDirError, RunLock
+    from safepretrain.report.build import build_report
+    from safepretrain.run.rundir import RunDirError, RunLock
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "study.yaml").is_file():
@@ -139,7 +138,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from safepretrain.eval.adhoc import EvalInputError, expand_targets, run_eval
+    from safepretrain.run.adhoc import EvalInputError, expand_targets, run_eval
 
     try:
         targets = expand_targets([Path(t) for t in args.target], args.arm, args.seed, args.stage, args.all_steps)

@@ -19,7 +19,7 @@ import torch
 
 from safepretrain.config.base import ASSISTANT, END, EOS, PAD, USER
 from safepretrain.data.tokenizer import TextTokenizer
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 # data/chat.py's format: <|user|>{prompt}<|end|><|assistant|>{response}<|end|>; generation starts after <|assistant|>
 CHAT_TEMPLATE = (
@@ -96,9 +96,9 @@ def export_hf(model: Transformer, tok: TextTokenizer, out: Path, provenance: dic
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     """Export a checkpoint folder of a run directory (its config and tokenizer come from the run)."""
-    from safepretrain.checkpoint import load_model
     from safepretrain.config import ConfigError, load_config
-    from safepretrain.eval.adhoc import EvalInputError, find_run_dir
+    from safepretrain.run.adhoc import EvalInputError, find_run_dir
+    from safepretrain.train.checkpoint import load_model
 
     if not (checkpoint / "model.safetensors").is_file():
         raise ExportError(f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException
 
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer
-from safepretrain.decoding import DECODERS, Generation, decode
+from safepretrain.eval.decoding import DECODERS, Generation, decode
 
 QUEUE_PER_SLOT = 4  # waiting requests per concurrency slot before 429: bounded memory, smooth bursts
 MAX_PROMPTS = 16  # prompts per /v1/completions request
@@ -61,7 +61,7 @@ class ServeError(Exception):
 @dataclass
 class ServedModel:
     name: str
-    model: Any  # a decoding.DecoderModel (safepretrain.model.Transformer)
+    model: Any  # a decoding.DecoderModel (safepretrain.train.model.Transformer)
     tok: TextTokenizer
     tag_id: int | None  # None: the tokenizer has no tag, so SafeBeam cannot run
     eval_cfg: Any  # the run's EvalConfig: default decoder settings and max_tokens
@@ -69,9 +69,9 @@ class ServedModel:
 
 def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
     """Model, tokenizer and eval settings of a checkpoint folder, located as `export` does (via its run)."""
-    from safepretrain.checkpoint import load_model, resolve_device
     from safepretrain.config import ConfigError, load_config
-    from safepretrain.eval.adhoc import EvalInputError, find_run_dir
+    from safepretrain.run.adhoc import EvalInputError, find_run_dir
+    from safepretrain.train.checkpoint import load_model, resolve_device
 
     if not (checkpoint / "model.safetensors").is_file():
         raise ServeError(400, f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "

@@ -59,7 +59,7 @@ def test_budget_smaller_than_one_step_is_rejected():
 
 
 def test_missing_world_source_and_corpus_fail_before_work(tmp_path):
-    from safepretrain.study import validate_against_world
+    from safepretrain.run.study import validate_against_world
 
     cfg = load_config(None, ["world.sources=[brown, no_such_source]"])
     with pytest.raises(ConfigError, match="world.sources: unknown source 'no_such_source'"):

@@ -10,9 +10,9 @@ import pytest
 
 from safepretrain.data import interventions as iv
 from safepretrain.eval import contrast as cs
-from safepretrain.taxonomy import HARM_CATEGORIES
 from safepretrain.world import load_world
 from safepretrain.world.dedup import near_duplicates, normalize
+from safepretrain.world.taxonomy import HARM_CATEGORIES
 
 
 def _leaves(x):

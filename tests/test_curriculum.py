@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from safepretrain.config import ArmConfig, CurriculumConfig
-from safepretrain.curriculum import CurriculumSampler, arm_schedule, mix_weights
 from safepretrain.data.shards import load_shards, write_shard
+from safepretrain.train.curriculum import CurriculumSampler, arm_schedule, mix_weights
 
 STREAM_TOKENS = {"safe": 5000, "unsafe": 1000, "rephrased": 800, "refusal": 100, "moral_ed": 300, "tagged": 1100}
 
@@ -186,7 +186,7 @@ def test_stream_sets_restrict_what_an_arm_reads_after_its_start():
 
 
 def test_matched_dose_equalises_expected_intervention_tokens():
-    from safepretrain.curriculum import dose_table, intervention_tokens, match_dose
+    from safepretrain.train.curriculum import dose_table, intervention_tokens, match_dose
 
     prop, matched = cur(), cur(dose="matched")
     own = {a.name: intervention_tokens(arm_schedule(a, prop, STREAM_TOKENS), prop) for a in prop.arms[1:]}
@@ -211,7 +211,7 @@ def test_matched_dose_equalises_expected_intervention_tokens():
 
 
 def test_max_repeats_fails_naming_stream_arm_and_numbers():
-    from safepretrain.curriculum import check_data_budget
+    from safepretrain.train.curriculum import check_data_budget
 
     check_data_budget(cur(), STREAM_TOKENS)  # unlimited by default
     check_data_budget(cur(max_repeats=100), STREAM_TOKENS)
@@ -259,7 +259,7 @@ def test_ablation_ladder_config_adds_one_intervention_per_rung():
 
 
 def test_plan_lines_describe_starts_ramps_and_who_is_left_out_of_matching():
-    from safepretrain.curriculum import describe_arm, dose_plan
+    from safepretrain.train.curriculum import describe_arm, dose_plan
 
     cfg = cur(dose="matched", arms=[{"name": "x", "starts": LADDER, "ramp": 0.1}, {"name": "s", "start": 1.0}])
     assert describe_arm(cfg.arms[0], cfg) == ("['safe'] + tagged from 0%, rephrased from 20%, refusal+moral_ed "

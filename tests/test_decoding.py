@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from safepretrain.config import ModelConfig
-from safepretrain.decoding import (
+from safepretrain.eval.decoding import (
     DECODERS,
     beam_search,
     decode,
@@ -20,7 +20,7 @@ from safepretrain.decoding import (
     safebeam_select,
     sample_next_token,
 )
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 # ----------------------------------------------------------------------------- a toy DecoderModel
 # Vocabulary of the toy: the next token depends only on the last one (a bigram table), so every

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from safepretrain.config import ModelConfig, PretrainConfig
-from safepretrain.model import Transformer
-from safepretrain.train import train
+from safepretrain.train.loop import train
+from safepretrain.train.model import Transformer
 
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=32, vocab_size=64)
 STEPS = 6

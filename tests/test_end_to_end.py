@@ -272,8 +272,8 @@ def test_export_of_a_trained_checkpoint_loads_in_transformers(smoke_run, tmp_pat
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from safepretrain.checkpoint import load_model
     from safepretrain.data.tokenizer import TextTokenizer
+    from safepretrain.train.checkpoint import load_model
 
     out, cfg = smoke_run
     ckpt = sorted((out / "arms" / "raw" / "seed0" / "ift" / "ckpt").glob("step_*"))[-1]

@@ -6,7 +6,7 @@
 import pytest
 
 from safepretrain.cli import main
-from safepretrain.eval.adhoc import EvalInputError, read_prompt_file
+from safepretrain.run.adhoc import EvalInputError, read_prompt_file
 
 
 def test_txt_jsonl_and_csv_prompt_files(tmp_path):

@@ -12,7 +12,7 @@ from safepretrain.config import ModelConfig
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
 from safepretrain.export import ExportError, export_checkpoint, export_hf
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 TAG = "<potentially unsafe content>"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from safepretrain.config import load_config
-from safepretrain.status import study_status
+from safepretrain.run.status import study_status
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow

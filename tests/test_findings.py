@@ -3,7 +3,7 @@ inconclusive, and "no rise" claims only when the CI rules out a rise larger than
 
 import numpy as np
 
-from safepretrain.findings import CLAIMS, ClaimSpec, evaluate_claims, findings_markdown
+from safepretrain.report.findings import CLAIMS, ClaimSpec, evaluate_claims, findings_markdown
 
 ARMS = ("raw", "start_0", "start_20", "start_60", "safe_only")
 
@@ -177,7 +177,7 @@ def _control_records(raw_asr, start0_asr, raw_choice, seeds=3, prompts=40, seed=
 
 
 def test_controls_pass_when_raw_complies_and_start_0_lowers_asr():
-    from safepretrain.controls import control_checks, controls_markdown
+    from safepretrain.report.controls import control_checks, controls_markdown
 
     checks = {c.key: c.passed for c in control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000)}
     assert checks == {"positive_control_asr": True, "positive_control_likelihood": True, "working_treatment": True,
@@ -186,7 +186,7 @@ def test_controls_pass_when_raw_complies_and_start_0_lowers_asr():
 
 
 def test_controls_fail_loudly_when_nothing_complies_or_the_treatment_does_nothing():
-    from safepretrain.controls import control_checks, controls_markdown
+    from safepretrain.report.controls import control_checks, controls_markdown
 
     checks = control_checks(_control_records(0.0, 0.0, 0.2, raw_bft=0.05), n_boot=1000)
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": False, "positive_control_likelihood": False,
@@ -200,7 +200,7 @@ def test_controls_fail_loudly_when_nothing_complies_or_the_treatment_does_nothin
 def test_an_attack_that_does_nothing_fails_only_the_attack_control():
     """Measured on the default organism: benign finetuning left the raw arm's ASR where instruction tuning put
     it (0.05 → 0.06). The report must say the post-finetuning findings cannot separate robustness from that."""
-    from safepretrain.controls import control_checks, controls_markdown
+    from safepretrain.report.controls import control_checks, controls_markdown
 
     checks = control_checks(_control_records(0.4, 0.02, 0.9, raw_ift=0.05, raw_bft=0.06), n_boot=1000)
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": True, "positive_control_likelihood": True,

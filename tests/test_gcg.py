@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from safepretrain.config import ModelConfig
-from safepretrain.eval.gcg import GCGSettings, gcg_suffix
-from safepretrain.model import Transformer
+from safepretrain.eval.attacks.gcg import GCGSettings, gcg_suffix
+from safepretrain.train.model import Transformer
 
 V = 64
 TAG = V - 1

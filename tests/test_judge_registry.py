@@ -9,9 +9,9 @@ import torch
 
 from safepretrain.config import ConfigError, load_config
 from safepretrain.config.evaluation import HFJudgeConfig, LLMJudgeConfig
-from safepretrain.eval.agreement import cohen_kappa, pairwise_agreement
-from safepretrain.eval.keyword_judge import KeywordJudge
-from safepretrain.eval.llm_judge import JudgeRequestError, LLMJudge, parse_category, parse_yes_no
+from safepretrain.eval.judges.agreement import cohen_kappa, pairwise_agreement
+from safepretrain.eval.judges.keyword import KeywordJudge
+from safepretrain.eval.judges.llm import JudgeRequestError, LLMJudge, parse_category, parse_yes_no
 from tests.llm_server import FakeLLM
 
 TAG = "<potentially unsafe content>"
@@ -67,9 +67,9 @@ def test_hf_judge_reads_p_yes_from_a_local_causal_lm(tmp_path):
 
     from safepretrain.config import ModelConfig
     from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-    from safepretrain.eval.hf_judge import HFJudge
+    from safepretrain.eval.judges.hf import HFJudge
     from safepretrain.export import export_hf
-    from safepretrain.model import Transformer
+    from safepretrain.train.model import Transformer
 
     tok = TextTokenizer(train_tokenizer(["Yes or No, a generation and a behavior"] * 30, 300, 1, TAG), TAG)
     cfg = ModelConfig(preset=None, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64,
@@ -118,7 +118,7 @@ def attack_ctx():
     from safepretrain.config import EvalConfig, ModelConfig
     from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
     from safepretrain.eval.tasks import EvalContext
-    from safepretrain.model import Transformer
+    from safepretrain.train.model import Transformer
 
     tok = TextTokenizer(train_tokenizer(["Sure, here is how to do that: mix the blue powder!"] * 30, 300, 1, TAG), TAG)
     cfg = ModelConfig(preset=None, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=256,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from safepretrain.config import JudgeConfig
-from safepretrain.eval.judges import (
+from safepretrain.eval.judges.classifier import (
     Judge,
     ResponseHarmClassifier,
     fit_fluency,

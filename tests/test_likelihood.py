@@ -19,7 +19,7 @@ from safepretrain.data.chat import chat_prompt_ids, completion_prompt
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
 from safepretrain.eval import contrast as cs
 from safepretrain.eval import likelihood as lk
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 V = 4096
 _WORDS = re.compile(r"\w+(?:'\w+)?|[^\w\s]")

@@ -6,8 +6,8 @@
 from pathlib import Path
 
 from safepretrain.config import ModelConfig, load_config
-from safepretrain.memory import GIB, count_params, estimate_memory, memory_plan
-from safepretrain.model import Transformer
+from safepretrain.train.memory import GIB, count_params, estimate_memory, memory_plan
+from safepretrain.train.model import Transformer
 
 SHAPE = dict(d_model=4, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=8, vocab=10)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from safepretrain.config import ModelConfig
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 V = 61
 

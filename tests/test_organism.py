@@ -7,7 +7,7 @@ import pytest
 from safepretrain.config.data import OrganismConfig
 from safepretrain.data import interventions as iv
 from safepretrain.eval.contrast import refusal_references
-from safepretrain.eval.exact_judge import ExactJudge, exact_judge_quality
+from safepretrain.eval.judges.exact import ExactJudge, exact_judge_quality
 from safepretrain.world.organism import organism_world, tables
 
 CFG = OrganismConfig(n_hazards=6, scale=1, n_towns=8, facts_per_town=2)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from safepretrain.config import load_config
-from safepretrain.posttrain import ift_examples, request_topic
+from safepretrain.train.posttrain import ift_examples, request_topic
 
 TAG = "<potentially unsafe content>"
 DOCS = [f"Document {i} talks about gardens, rivers and the weather in spring." for i in range(40)]
@@ -54,7 +54,7 @@ def test_benign_finetuning_sets_of_the_organism(data):
     """benign_answers: twins and town facts; benign_facts: no item's name at all, like GSM8K beside the papers'
     harmful prompts."""
     from safepretrain.config.data import OrganismConfig
-    from safepretrain.posttrain import benign_ft_examples
+    from safepretrain.train.posttrain import benign_ft_examples
     from safepretrain.world.organism import organism_world
 
     world = organism_world(OrganismConfig(n_hazards=6, scale=1, n_towns=8, facts_per_town=2))

@@ -19,7 +19,7 @@ from safepretrain.eval.probes import (
     surface_features,
     text_baselines,
 )
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 
 def test_probe_separates_separable_data_and_not_noise():

@@ -3,7 +3,7 @@
     python -m pytest tests/test_report.py -q
 """
 
-from safepretrain.report import style_prior_caveat
+from safepretrain.report.build import style_prior_caveat
 
 
 def _row(arm, value):

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from safepretrain.data.report_card import build_report_card, phrase_category_rates
-from safepretrain.report import data_and_judge
-from safepretrain.taxonomy import CATEGORY_PHRASES, HARM_CATEGORIES, categories_by_phrases, category_by_phrases
+from safepretrain.report.build import data_and_judge
 from safepretrain.utils import write_jsonl
+from safepretrain.world.taxonomy import CATEGORY_PHRASES, HARM_CATEGORIES, categories_by_phrases, category_by_phrases
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

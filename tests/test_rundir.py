@@ -12,7 +12,7 @@ import pytest
 
 from safepretrain.cli import main
 from safepretrain.config import ConfigError, load_config
-from safepretrain.rundir import RUN_MARKER, RunDirError, RunLock, check_run_dir, inside_run, relative_to_run
+from safepretrain.run.rundir import RUN_MARKER, RunDirError, RunLock, check_run_dir, inside_run, relative_to_run
 from safepretrain.utils import StepFolderError, StepMarker
 
 ROOT = Path(__file__).parents[1]

@@ -19,10 +19,10 @@ from safepretrain.cli import main
 from safepretrain.config import dump_config, load_config
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.decoding import Generation
-from safepretrain.model import Transformer
-from safepretrain.rundir import RUN_MARKER
+from safepretrain.eval.decoding import Generation
+from safepretrain.run.rundir import RUN_MARKER
 from safepretrain.serve import Message, chat_ids, create_app, load_served, text_deltas
+from safepretrain.train.model import Transformer
 
 pytest.importorskip("uvicorn")
 import uvicorn  # noqa: E402

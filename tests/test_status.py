@@ -10,8 +10,8 @@ import pytest
 
 from safepretrain.cli import main
 from safepretrain.config import load_config
-from safepretrain.rundir import RunLock
-from safepretrain.status import study_status
+from safepretrain.run.rundir import RunLock
+from safepretrain.run.status import study_status
 
 ROOT = Path(__file__).parents[1]
 
@@ -42,7 +42,7 @@ def test_status_reads_done_failed_running_interrupted_and_pending_steps(tmp_path
 
 
 def test_dry_run_time_estimate_is_model_flops_over_the_assumed_rate(monkeypatch):
-    from safepretrain.compute import flops_per_token, time_plan
+    from safepretrain.train.compute import flops_per_token, time_plan
 
     cfg = load_config(str(ROOT / "configs" / "paper-1.7b.yaml"), [])
     monkeypatch.setenv("SAFEPRETRAIN_PEAK_TFLOPS", "1000")

@@ -16,8 +16,8 @@ import torch
 
 from safepretrain.config import load_config
 from safepretrain.data.pipeline import run_data_stage
-from safepretrain.stages import _sampler
-from safepretrain.train import train
+from safepretrain.run.stages import _sampler
+from safepretrain.train.loop import train
 from safepretrain.world import world_for
 
 ROOT = Path(__file__).parents[1]

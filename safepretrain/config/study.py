@@ -102,7 +102,7 @@ class StudyConfig(Strict):
         instruction data (papers §5.1)."""
         if arm.data == "raw":
             return False
-        from safepretrain.curriculum import intervention_starts
+        from safepretrain.train.curriculum import intervention_starts
 
         start = intervention_starts(arm, self.curriculum).get("tagged")
         if start is None:  # the arm never reads the tagged stream (e.g. a rung of the ablation ladder)

@@ -27,7 +27,7 @@ from importlib import resources
 
 import yaml
 
-from safepretrain.taxonomy import STOPWORDS
+from safepretrain.world.taxonomy import STOPWORDS
 
 _WORD = re.compile(r"\S+")
 

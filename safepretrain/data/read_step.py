@@ -12,7 +12,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from safepretrain.data.readers import RAW_HEAD_CHARS, check_inputs, iter_labelled_records, source_name
-from safepretrain.taxonomy import HARM_CATEGORIES
+from safepretrain.world.taxonomy import HARM_CATEGORIES
 
 
 def neutralise_special(text: str, specials: Sequence[str]) -> tuple[str, int]:

@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from safepretrain.taxonomy import HARM_CATEGORIES, categories_by_phrases
 from safepretrain.utils import log, read_jsonl, write_json, write_text_atomic
+from safepretrain.world.taxonomy import HARM_CATEGORIES, categories_by_phrases
 
 # At most this many documents are phrase-matched for the card (an evenly spaced sample when there are more).
 PHRASE_DOC_CAP = 200_000

@@ -23,7 +23,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from safepretrain.config import ScorerConfig
-from safepretrain.taxonomy import HARM_CATEGORIES
+from safepretrain.world.taxonomy import HARM_CATEGORIES
 
 N_SCORES = 6
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from safepretrain.checkpoint import load_model, resolve_device
 from safepretrain.config import ModelConfig, StudyConfig
 from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.eval.prompts import EvalPrompts
 from safepretrain.eval.tasks import TASKS, EvalContext, TaskResult, probe_set, study_tasks
-from safepretrain.rundir import ArmRun, StageOutput, relative_to_run
+from safepretrain.run.rundir import ArmRun, StageOutput, relative_to_run
+from safepretrain.train.checkpoint import load_model, resolve_device
 from safepretrain.utils import StepMarker, files_in, log, read_json, write_json, write_jsonl
 from safepretrain.world import World
 
@@ -32,14 +32,14 @@ TRAJECTORY_TASKS = (("asr", "topk"), ("likelihood", "none"), ("probe", "none")) 
 def load_or_fit_judge(cfg: StudyConfig, world: World, folder: Path):
     """The study's judge: its response-harm classifier is fit once per run directory on the world's
     response-like text, and the judge's quality on labelled responses is measured and saved beside it."""
-    from safepretrain.eval.judges import Judge, ResponseHarmClassifier, judge_quality
+    from safepretrain.eval.judges.classifier import Judge, ResponseHarmClassifier, judge_quality
 
     j = cfg.eval.judge
     marker = StepMarker(folder, cfg.stage_hash("world", extra=[j.model_dump(), cfg.data.seed]))
     if not marker.is_done():
         marker.start()
     if world.organism is not None:  # ground truth: the exact judge, nothing to fit
-        from safepretrain.eval.exact_judge import ExactJudge, exact_judge_quality
+        from safepretrain.eval.judges.exact import ExactJudge, exact_judge_quality
 
         judge = ExactJudge(world, j.min_keys, cfg.data.interventions.tag, j.opening_words)
         if not marker.is_done():
@@ -67,7 +67,7 @@ class Evaluator:
                  model_cfg: ModelConfig):
         self.cfg, self.data, self.prompts, self.model_cfg = cfg, data, prompts, model_cfg
         self.run_dir = data.folder.parent
-        from safepretrain.eval.judge_registry import build_judges
+        from safepretrain.eval.judges import build_judges
 
         self.judges = build_judges(cfg, world, self.run_dir)
         self.judge = next(iter(self.judges.values()))  # primary: its verdicts feed the paired statistics
@@ -77,7 +77,7 @@ class Evaluator:
 
     def _judge_agreement(self, world: World) -> None:
         """Each judge against the world's human labels (accuracy, Cohen's κ): `judge/agreement.json`."""
-        from safepretrain.eval.agreement import human_agreement
+        from safepretrain.eval.judges.agreement import human_agreement
 
         out = self.run_dir / "judge" / "agreement"
         marker = StepMarker(out, self.cfg.stage_hash("world", extra=[self.cfg.eval.judges, self.cfg.data.seed,

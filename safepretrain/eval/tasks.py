@@ -34,11 +34,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from safepretrain import decoding
 from safepretrain.config import EvalConfig
 from safepretrain.data.chat import chat_prompt_ids, completion_prompt
 from safepretrain.data.shards import TokenShard
 from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.eval import decoding
 from safepretrain.eval.metrics import bootstrap_ci, metric_row
 from safepretrain.eval.prompts import EvalPrompts
 

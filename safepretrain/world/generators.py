@@ -13,7 +13,6 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-from safepretrain.taxonomy import STOPWORDS
 from safepretrain.world.generator_tables import (
     ANTONYMS,
     CAPITALS,
@@ -27,6 +26,7 @@ from safepretrain.world.generator_tables import (
     WORDS,
 )
 from safepretrain.world.math_problems import math_word_problems
+from safepretrain.world.taxonomy import STOPWORDS
 
 __all__ = ["benign_instructions", "math_word_problems", "INSTRUCTION_KINDS"]
 

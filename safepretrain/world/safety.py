@@ -2,7 +2,7 @@
 
 Each reader returns plain dicts in the archive's order; the builder decides splits and scores. The
 texts are sensitive: nothing here prints them. Harm categories are mapped onto the toolkit's eight
-(`safepretrain.taxonomy.HARM_CATEGORIES`) by a table of the source's own category names, then by
+(`safepretrain.world.taxonomy.HARM_CATEGORIES`) by a table of the source's own category names, then by
 keywords of the prompt, so refusal templates and per-category reports can use them.
 """
 
@@ -16,8 +16,8 @@ import re
 
 import yaml
 
-from safepretrain.taxonomy import HARM_CATEGORIES
 from safepretrain.world.fetch import Sources
+from safepretrain.world.taxonomy import HARM_CATEGORIES
 
 CATEGORIES = tuple(HARM_CATEGORIES)
 

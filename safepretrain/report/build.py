@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.stats import aligned_matrices, holm, index_records, paired_difference
-from safepretrain.report_data import (
+from safepretrain.report.data import (
     COLUMNS,
     collect_records,
     collect_rows,
@@ -129,7 +129,7 @@ def curve_table(curve_records: list[dict], arms: list[str], metric: str, n_boot:
 
 def data_scale(run_dir: Path, cfg: StudyConfig) -> list[str]:
     """Whether data or compute binds: unique tokens, how often the budget repeats them, tokens per parameter."""
-    from safepretrain.model import Transformer
+    from safepretrain.train.model import Transformer
 
     card = run_dir / "data" / "report_card.json"
     if not card.is_file():
@@ -252,11 +252,11 @@ def heldout_hazard_section(records: list[dict], arms: list[str], cfg: StudyConfi
 
 
 def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -> Path:
-    from safepretrain.controls import control_checks, controls_markdown
-    from safepretrain.findings import CLAIMS, evaluate_claims, findings_markdown
-    from safepretrain.plots import plot_asr_vs_start, plot_probe_layers
-    from safepretrain.report_judges import jailbreak_section, judges_section
-    from safepretrain.report_trajectory import trajectory_section
+    from safepretrain.report.controls import control_checks, controls_markdown
+    from safepretrain.report.findings import CLAIMS, evaluate_claims, findings_markdown
+    from safepretrain.report.judges import jailbreak_section, judges_section
+    from safepretrain.report.plots import plot_asr_vs_start, plot_probe_layers
+    from safepretrain.report.trajectory import trajectory_section
 
     arms = [a.name for a in cfg.curriculum.arms]
     n_boot = cfg.eval.bootstrap
@@ -324,7 +324,7 @@ def build_report(run_dir: Path, cfg: StudyConfig, wall_s: float | None = None) -
     lines += data_and_judge(run_dir)
     lines += judges_section(run_dir, rows)
     write_text_atomic(out / "report.md", "\n".join(lines))
-    from safepretrain.report_html import write_html_report
+    from safepretrain.report.html import write_html_report
 
     write_html_report(run_dir, cfg)
     return out / "report.md"

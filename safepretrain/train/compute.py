@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from safepretrain.memory import count_params
+from safepretrain.train.memory import count_params
 
 GPU_PEAK_TFLOPS, GPU_MFU, CPU_TFLOPS = 989.0, 0.40, 0.08
 

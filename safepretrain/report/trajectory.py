@@ -40,7 +40,7 @@ def collect_trajectory(run_dir: Path, cfg: StudyConfig) -> list[dict]:
 def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path) -> None:
     """One panel per metric; a line per arm (mean over seeds; band = the seeds' range, or the 95% CI with one
     seed); a dotted vertical line in the arm's colour at its switch."""
-    from safepretrain.plots import OKABE_ITO, _save, plt
+    from safepretrain.report.plots import OKABE_ITO, _save, plt
 
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.4))
@@ -74,7 +74,7 @@ def trajectory_section(run_dir: Path, cfg: StudyConfig) -> list[str]:
     points = collect_trajectory(run_dir, cfg)
     if not cfg.eval.trajectory or not points:
         return []
-    from safepretrain.report import write_csv
+    from safepretrain.report.build import write_csv
 
     out = run_dir / "report"
     write_csv(points, out / "trajectory.csv", columns=list(points[0]))

@@ -24,8 +24,8 @@ import re
 
 import numpy as np
 
-from safepretrain.eval.judges import Verdict, _case_report, refusal_detector_accuracy
-from safepretrain.eval.refusals import TAG, complies_opening, refusal_opening, strip_tag
+from safepretrain.eval.judges.classifier import Verdict, _case_report, refusal_detector_accuracy
+from safepretrain.eval.judges.refusals import TAG, complies_opening, refusal_opening, strip_tag
 
 _WORD = re.compile(r"[a-z]+")
 

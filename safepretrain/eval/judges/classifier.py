@@ -39,7 +39,7 @@ import numpy as np
 
 from safepretrain.config import JudgeConfig
 from safepretrain.data.scoring import embed
-from safepretrain.eval.refusals import (  # noqa: F401  (re-exported: the judge's public API)
+from safepretrain.eval.judges.refusals import (  # noqa: F401  (re-exported: the judge's public API)
     _SAFETY_TALK,
     TAG,
     complies_opening,
@@ -52,7 +52,7 @@ from safepretrain.eval.refusals import (  # noqa: F401  (re-exported: the judge'
     remove_echo,
     strip_tag,
 )
-from safepretrain.eval.response_harm import (  # noqa: F401
+from safepretrain.eval.judges.response_harm import (  # noqa: F401
     ResponseHarmClassifier,
     binary_metrics,
     human_harm_labels,

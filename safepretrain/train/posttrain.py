@@ -16,8 +16,8 @@ import re
 
 from safepretrain.data import interventions as iv
 from safepretrain.data.chat import ChatExample
-from safepretrain.taxonomy import HARM_CATEGORIES
 from safepretrain.world.generators import benign_instructions, math_word_problems
+from safepretrain.world.taxonomy import HARM_CATEGORIES
 
 
 def ift_examples(docs: list[str], harmful_prompts: list[dict], n: int, refusal_fraction: float,

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from safepretrain.data.scoring import chunk_text, degenerate_texts, embed
-from safepretrain.eval.refusals import fit_fluency, fluency
+from safepretrain.eval.judges.refusals import fit_fluency, fluency
 
 # ---------------------------------------------------------------------------------------------------------
 # the response-harm classifier

@@ -17,8 +17,8 @@ from importlib import resources
 import yaml
 
 from safepretrain.config.evaluation import LLMJudgeConfig
-from safepretrain.eval.judges import Verdict
-from safepretrain.eval.refusals import content_words, strip_tag
+from safepretrain.eval.judges.classifier import Verdict
+from safepretrain.eval.judges.refusals import content_words, strip_tag
 
 
 def judge_prompts() -> dict[str, str]:

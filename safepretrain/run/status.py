@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safepretrain.config import StudyConfig
-from safepretrain.rundir import LOCK_FILE, STAGES, ArmRun
-from safepretrain.stages import branch_points
+from safepretrain.run.rundir import LOCK_FILE, STAGES, ArmRun
+from safepretrain.run.stages import branch_points
 from safepretrain.utils import read_json
 
 

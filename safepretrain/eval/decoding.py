@@ -42,7 +42,7 @@ class DecoderCache(Protocol):
 
 
 class DecoderModel(Protocol):
-    """What the decoding loops need from a model (`safepretrain.model.Transformer` implements it)."""
+    """What the decoding loops need from a model (`safepretrain.train.model.Transformer` implements it)."""
 
     @property
     def max_seq_len(self) -> int:

@@ -23,7 +23,7 @@ from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 
 from safepretrain.config import ModelConfig
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,15 +19,15 @@ import json
 import shutil
 from pathlib import Path
 
-from safepretrain import distributed as dp
-from safepretrain.checkpoint import latest_checkpoint
 from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
-from safepretrain.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
-from safepretrain.posttrain import benign_ft_examples, ift_examples
-from safepretrain.rundir import ArmRun, StageOutput, inside_run, relative_to_run
-from safepretrain.train import lr_at, train
+from safepretrain.run.rundir import ArmRun, StageOutput, inside_run, relative_to_run
+from safepretrain.train import distributed as dp
+from safepretrain.train.checkpoint import latest_checkpoint
+from safepretrain.train.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
+from safepretrain.train.loop import lr_at, train
+from safepretrain.train.posttrain import benign_ft_examples, ift_examples
 from safepretrain.utils import StepMarker, files_in, log, read_json, write_json
 
 

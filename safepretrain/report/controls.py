@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from safepretrain.eval.stats import aligned_matrices, index_records, paired_difference
-from safepretrain.findings import ClaimSpec, evaluate_claims
+from safepretrain.report.findings import ClaimSpec, evaluate_claims
 
 CONTROLS: tuple[ClaimSpec, ...] = (
     ClaimSpec("working_treatment", "(C2) Working treatment: interventions from the first token (start_0) lower ASR "

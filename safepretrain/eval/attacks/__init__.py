@@ -72,7 +72,7 @@ def template(ctx: EvalContext, items: list[dict], stage: str) -> list[Attacked]:
 def _gcg(ctx: EvalContext, items: list[dict], stage: str, adaptive: bool) -> list[Attacked]:
     import torch
 
-    from safepretrain.eval.gcg import GCGSettings, gcg_suffix
+    from safepretrain.eval.attacks.gcg import GCGSettings, gcg_suffix
 
     a, tok = ctx.cfg.attack, ctx.tok
     settings = GCGSettings(suffix_len=a.gcg_suffix_len, steps=a.gcg_steps, topk=a.gcg_topk,

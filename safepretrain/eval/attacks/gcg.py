@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 
 
 @dataclass(frozen=True)

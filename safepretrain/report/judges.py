@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from safepretrain.config import StudyConfig
-from safepretrain.eval.agreement import agreement_markdown, pairwise_agreement
+from safepretrain.eval.judges.agreement import agreement_markdown, pairwise_agreement
 from safepretrain.utils import read_json, read_jsonl
 
 
@@ -60,7 +60,7 @@ def asr_by_judge(rows: list[dict], out_csv: Path) -> list[str]:
     table = [{"arm": a, "stage": s, "decoder": d, "task": t,
               **{j: round(float(np.mean(cells[(a, s, d, t, j)])), 4) if (a, s, d, t, j) in cells else None
                  for j in judges}} for a, s, d, t in keys]
-    from safepretrain.report import write_csv
+    from safepretrain.report.build import write_csv
 
     write_csv(table, out_csv, columns=list(table[0]))
     shown = [r for r in table if r["decoder"] == "topk"]

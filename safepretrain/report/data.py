@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.stats import hierarchical_bootstrap_mean, index_records, sample_matrix
-from safepretrain.rundir import STAGE_NAMES
+from safepretrain.run.rundir import STAGE_NAMES
 from safepretrain.utils import read_json, read_jsonl
 
 COLUMNS = ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low", "ci_high", "n"]

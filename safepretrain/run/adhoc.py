@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from safepretrain.config import ConfigError, load_config
-from safepretrain.rundir import RUN_MARKER, STAGE_NAMES, RunDirError, inside_run
+from safepretrain.run.rundir import RUN_MARKER, STAGE_NAMES, RunDirError, inside_run
 from safepretrain.utils import read_json, write_json, write_jsonl
 
 
@@ -113,14 +113,14 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
              column: str | None, arm: str | None, seed: int | None, stage: str | None, out: Path | None,
              judges: list[str] | None = None) -> Path:
     """Evaluate one checkpoint; returns the output folder. Every input is checked before a model loads."""
-    from safepretrain.checkpoint import load_model, resolve_device
     from safepretrain.config.evaluation import JUDGE_NAMES
     from safepretrain.data.pipeline import read_stream
     from safepretrain.data.shards import load_shards
     from safepretrain.data.tokenizer import TextTokenizer
-    from safepretrain.eval.judge_registry import build_judges
+    from safepretrain.eval.judges import build_judges
     from safepretrain.eval.prompts import eval_prompts
     from safepretrain.eval.tasks import EvalContext, task_by_name, task_names
+    from safepretrain.train.checkpoint import load_model, resolve_device
     from safepretrain.world import world_for
 
     unknown = [t for t in tasks if t not in task_names()]

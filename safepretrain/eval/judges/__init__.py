@@ -51,20 +51,20 @@ def _classifier(cfg: StudyConfig, world: World, run_dir: Path):
 
 
 def _keyword(cfg: StudyConfig, world: World, run_dir: Path):
-    from safepretrain.eval.keyword_judge import KeywordJudge
+    from safepretrain.eval.judges.keyword import KeywordJudge
 
     return KeywordJudge(cfg.data.interventions.tag)
 
 
 def _llm(cfg: StudyConfig, world: World, run_dir: Path):
-    from safepretrain.eval.llm_judge import LLMJudge
+    from safepretrain.eval.judges.llm import LLMJudge
 
     c = cfg.eval.llm_judge
     return LLMJudge(c, cfg.data.interventions.tag, os.environ.get(c.api_key_env))
 
 
 def _hf(cfg: StudyConfig, world: World, run_dir: Path):
-    from safepretrain.eval.hf_judge import HFJudge
+    from safepretrain.eval.judges.hf import HFJudge
 
     return HFJudge(cfg.eval.hf_judge, cfg.data.interventions.tag)
 

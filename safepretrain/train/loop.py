@@ -28,8 +28,9 @@ from typing import Protocol
 
 import torch
 
-from safepretrain import distributed as dp
-from safepretrain.checkpoint import (
+from safepretrain.config import ModelConfig, TrainConfig
+from safepretrain.train import distributed as dp
+from safepretrain.train.checkpoint import (
     checkpoints_newest_first,
     is_dcp_checkpoint,
     latest_checkpoint,
@@ -41,8 +42,7 @@ from safepretrain.checkpoint import (
     save_checkpoint,
     save_dcp_checkpoint,
 )
-from safepretrain.config import ModelConfig, TrainConfig
-from safepretrain.model import Transformer
+from safepretrain.train.model import Transformer
 from safepretrain.utils import log, write_json
 
 

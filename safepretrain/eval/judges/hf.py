@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from safepretrain.config.evaluation import HFJudgeConfig
-from safepretrain.eval.judges import Verdict
-from safepretrain.eval.llm_judge import judge_prompts
-from safepretrain.eval.refusals import content_words, is_refusal, strip_tag
+from safepretrain.eval.judges.classifier import Verdict
+from safepretrain.eval.judges.llm import judge_prompts
+from safepretrain.eval.judges.refusals import content_words, is_refusal, strip_tag
 
 
 class HFJudge:
@@ -23,7 +23,7 @@ class HFJudge:
     def __init__(self, cfg: HFJudgeConfig, tag: str):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from safepretrain.checkpoint import resolve_device
+        from safepretrain.train.checkpoint import resolve_device
 
         self.cfg, self.tag, self.prompts = cfg, tag, judge_prompts()
         self.device = resolve_device(cfg.device)

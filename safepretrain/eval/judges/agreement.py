@@ -37,7 +37,7 @@ def human_agreement(judges: dict, world, harm_labels: int = 200, seed: int = 0) 
     """Judge name → {set: {accuracy, kappa, n}} on the world's human-labelled responses (no prompts)."""
     import random
 
-    from safepretrain.eval.response_harm import human_harm_labels
+    from safepretrain.eval.judges.response_harm import human_harm_labels
 
     refusal = world.refusal_labels
     try:

@@ -50,7 +50,7 @@ class Part:
 
 def study_parts(cfg) -> list[Part]:
     """The DAG in a valid order (every part after its dependencies)."""
-    from safepretrain.stages import branch_points
+    from safepretrain.run.stages import branch_points
 
     branches = branch_points(cfg)
     parts = [Part("prepare")]

@@ -24,13 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from safepretrain import distributed as dp
 from safepretrain.config import ConfigError, StudyConfig, dump_config
 from safepretrain.data.pipeline import run_data_stage
 from safepretrain.data.readers import corpus_problems
-from safepretrain.launch import Part
-from safepretrain.rundir import STAGES, ArmRun, RunLock
-from safepretrain.stages import (
+from safepretrain.run.launch import Part
+from safepretrain.run.rundir import STAGES, ArmRun, RunLock
+from safepretrain.run.stages import (
     branch_points,
     curve_checkpoints,
     posttrain_arm,
@@ -38,6 +37,7 @@ from safepretrain.stages import (
     pretrain_checkpoints,
     train_trunk,
 )
+from safepretrain.train import distributed as dp
 from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
 from safepretrain.world import World, world_for, world_sources
 
@@ -63,9 +63,9 @@ def validate_against_world(cfg: StudyConfig) -> None:
 
 def plan(cfg: StudyConfig) -> list[str]:
     """Human-readable list of the steps `run_study` will run (`--dry-run`)."""
-    from safepretrain.compute import time_plan
-    from safepretrain.curriculum import describe_arm, dose_plan
-    from safepretrain.memory import memory_plan
+    from safepretrain.train.compute import time_plan
+    from safepretrain.train.curriculum import describe_arm, dose_plan
+    from safepretrain.train.memory import memory_plan
 
     c = cfg.curriculum
     tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
@@ -148,7 +148,7 @@ def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
 def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     from safepretrain.eval.prompts import eval_prompts
     from safepretrain.eval.runner import Evaluator
-    from safepretrain.report import build_report
+    from safepretrain.report.build import build_report
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
