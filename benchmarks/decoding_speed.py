@@ -30,7 +30,8 @@ import torch
 from common import write_result  # benchmarks/common.py
 
 from safepretrain.config import ModelConfig
-from safepretrain.eval.decoding import _left_pad, beam_search, generate_topk, safe_beam_search
+from safepretrain.eval.decoders import beam_search, generate_topk, safe_beam_search
+from safepretrain.eval.decoders import left_pad as _left_pad
 from safepretrain.train.model import Transformer
 
 

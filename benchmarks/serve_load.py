@@ -33,7 +33,7 @@ from safetensors.torch import save_model
 
 from safepretrain.config import dump_config, load_config
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.run.rundir import RUN_MARKER
+from safepretrain.rundir import RUN_MARKER
 from safepretrain.train.model import Transformer
 
 WORDS = "rivers towns weather bridges markets harbours lanterns orchards".split()

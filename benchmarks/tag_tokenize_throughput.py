@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 
 from safepretrain.config import load_config  # noqa: E402
 from safepretrain.data import interventions as iv  # noqa: E402
-from safepretrain.data.pipeline import read_stream  # noqa: E402
+from safepretrain.data.records import read_stream  # noqa: E402
 from safepretrain.data.tokenizer import TextTokenizer  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from safepretrain.config import ArmConfig, CurriculumConfig, ModelConfig, Pretra
 from safepretrain.data.shards import load_shards, write_shard
 from safepretrain.train.curriculum import CurriculumSampler, arm_schedule
 from safepretrain.train.loop import autocast, make_optimizer, train
-from safepretrain.train.model import Transformer
+from safepretrain.train.model import Transformer, flops_per_token
 from safepretrain.utils import setup_logging
 
 VOCAB = 4096
@@ -115,13 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_median": statistics.median(ours),
         "ratio_ours_over_bare": statistics.median(ours) / statistics.median(bare),
     }
-    # MFU: model FLOPs per token (6 N for forward + backward of the weights, plus 12 L d T for attention scores
-    # and values, as in the PaLM appendix) times tokens/s, over the device's peak; the peak is the user's
-    # (--peak-tflops), since a CPU's depends on its cores, clocks and vector units.
-    n_params, m = result["setup"]["params"], model_cfg
-    flops_per_token = 6 * n_params + 12 * m.n_layers * m.d_model * args.seq_len
-    result["model_flops_per_token"] = flops_per_token
-    result["ours_tflops"] = flops_per_token * result["ours_median"] / 1e12
+    # MFU: model FLOPs per token (model.flops_per_token: 6 N for forward + backward of the weights, plus 12 L d T
+    # for attention scores and values, as in the PaLM appendix) times tokens/s, over the device's peak; the peak is
+    # the user's (--peak-tflops), since a CPU's depends on its cores, clocks and vector units.
+    model_flops = flops_per_token(model_cfg, args.seq_len)
+    result["model_flops_per_token"] = model_flops
+    result["ours_tflops"] = model_flops * result["ours_median"] / 1e12
     if args.peak_tflops:
         result["peak_tflops"] = args.peak_tflops
         result["mfu"] = result["ours_tflops"] / args.peak_tflops

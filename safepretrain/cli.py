@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from safepretrain.config import ConfigError, dump_config, load_config
+from safepretrain.config import ConfigError, dump_config
 
 
 def _error(err: object) -> int:
@@ -28,9 +28,13 @@ def _error(err: object) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from safepretrain.run.launch import parse_part
-    from safepretrain.run.rundir import RunDirError, check_run_dir
-    from safepretrain.run.study import plan, run_study, validate_against_world
+    from safepretrain.run.checks import load_study, validate_against_world
+    from safepretrain.run.launchers import LAUNCHERS, local
+    from safepretrain.run.parts import LaunchError, parse_part
+    from safepretrain.run.status import status_table, study_status
+    from safepretrain.run.study import plan
+    from safepretrain.rundir import TRAINED_STAGES, RunDir, RunDirError, check_run_dir
+    from safepretrain.train.distributed import RankFailure
     from safepretrain.utils import StepFolderError
 
     config, overrides = None, list(args.items)
@@ -38,23 +42,23 @@ def _study(args: argparse.Namespace) -> int:
         config = overrides.pop(0)
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    if args.launcher:
+        overrides.append(f"launch.launcher={args.launcher}")
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_study(config, overrides)
     except ConfigError as err:
         return _error(err)
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    single = [f"{s}.distributed" for s in ("pretrain", "ift", "benign_ft") if getattr(cfg, s).distributed == "none"]
+    single = [f"{s}.distributed" for s in TRAINED_STAGES if getattr(cfg, s).distributed == "none"]
     if ranks > 1 and single and not args.dry_run:  # each rank would train its own copy of the same model
         return _error(f"under torchrun (WORLD_SIZE={ranks}) every training stage must be data-parallel: "
                       f"{', '.join(single)} is none; set {single[0]}=ddp (or fsdp2)")
+    rundir = RunDir(cfg.run_dir)
     if args.status:  # of the run as it was started: its own study.yaml when there is one
-        from safepretrain.run.status import status_table, study_status
-
-        saved = cfg.run_dir / "study.yaml"
-        run_cfg = load_config(str(saved), [f"out_dir={cfg.run_dir}"]) if saved.is_file() else cfg
-        print(status_table(study_status(run_cfg), cfg.run_dir))
+        run_cfg = rundir.load_config() if rundir.study_yaml.is_file() else cfg
+        print(status_table(study_status(run_cfg), rundir.root))
         return 0
-    launcher = args.launcher or cfg.launch.launcher
+    launcher = LAUNCHERS[cfg.launch.launcher]
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
         print(dump_config(cfg))
         print("# planned steps")
@@ -62,76 +66,28 @@ def _study(args: argparse.Namespace) -> int:
             print(f"- {line}")
     try:
         part = parse_part(args.only, cfg) if args.only else None
-        check_run_dir(cfg.run_dir)
-        if launcher == "slurm" and not part:  # the scripts even when inputs are not there yet
-            return _launch_slurm(cfg, submit=not args.dry_run)
+        check_run_dir(rundir.root)
+        if part is None and not launcher.options.get("needs_inputs", True):  # e.g. Slurm scripts, written now
+            return launcher.build(cfg, args.dry_run)
         validate_against_world(cfg)
-    except (ConfigError, RunDirError, ValueError) as err:
+        if part is not None:  # one part of a launched study: always here, in this process
+            return local.launch(cfg, args.dry_run, part)
+        return launcher.build(cfg, args.dry_run)
+    except (ConfigError, RunDirError, ValueError, StepFolderError, RankFailure, LaunchError) as err:
         return _error(err)
-    if args.dry_run:
-        return 0
-    if launcher == "local-parallel" and not part:
-        return _launch_local_parallel(cfg)
-    from safepretrain.train import distributed as dp
-    dp.start_study_group(cfg.rank_timeout_minutes, cfg.pretrain.device)
-    try:
-        run_study(cfg, part)
-    except (RunDirError, StepFolderError, dp.RankFailure) as err:
-        return _error(err)
-    main = dp.is_main_process()
-    dp.end_study_group()
-    if not main:
-        return 0
-    print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
-    return 0
-
-
-def _launch_prepare(cfg) -> Path:
-    """Mark the run directory (under its lock) and write the resolved config every part reads."""
-    from safepretrain.run.rundir import RunLock
-    from safepretrain.utils import write_text_atomic
-
-    with RunLock(cfg.run_dir):
-        write_text_atomic(cfg.run_dir / "study.yaml", dump_config(cfg))
-    return cfg.run_dir / "study.yaml"
-
-
-def _launch_slurm(cfg, submit: bool) -> int:
-    import subprocess
-
-    from safepretrain.run.launch import write_slurm
-
-    scripts = write_slurm(cfg, cfg.run_dir.resolve(), _launch_prepare(cfg).resolve())
-    print("slurm scripts:\n" + "\n".join(f"  {p}" for p in scripts))
-    if submit:
-        return subprocess.run(["bash", str(scripts[-1])]).returncode
-    print(f"not submitted (--dry-run); submit with: bash {scripts[-1]}")
-    return 0
-
-
-def _launch_local_parallel(cfg) -> int:
-    from safepretrain.run.launch import run_local_parallel
-
-    state = run_local_parallel(cfg, cfg.run_dir, _launch_prepare(cfg), cfg.launch.max_parallel)
-    bad = {k: v for k, v in state.items() if v != "done"}
-    if bad:
-        return _error("parts not done: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
-                      + ". Finished parts stay valid: rerun to continue")
-    print(f"report: {cfg.run_dir / 'report' / 'report.md'}")
-    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from safepretrain.report.build import build_report
-    from safepretrain.run.rundir import RunDirError, RunLock
+    from safepretrain.rundir import RunDir, RunDirError, RunLock
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "study.yaml").is_file():
-        print(f"error: {run_dir} is not a study run directory (no study.yaml)", file=sys.stderr)
+    rundir = RunDir(args.run_dir)
+    if not rundir.study_yaml.is_file():
+        print(f"error: {rundir.root} is not a study run directory (no study.yaml)", file=sys.stderr)
         return 2
     try:
-        with RunLock(run_dir):  # never read a run while a study is writing it
-            print(build_report(run_dir, load_config(run_dir / "study.yaml")))
+        with RunLock(rundir.root):  # never read a run while a study is writing it
+            print(build_report(rundir.root, rundir.load_config()))
     except RunDirError as err:
         return _error(err)
     return 0
@@ -202,23 +158,32 @@ def _world(args: argparse.Namespace) -> int:
 
 def _eval_scorer(args: argparse.Namespace) -> int:
     from safepretrain.data.eval_scorer import evaluate_scorers, markdown, write_scorer_eval
+    from safepretrain.run.checks import load_study
+    from safepretrain.rundir import RunDir
     from safepretrain.world import world_for
 
     config, overrides = None, list(args.items)
     if overrides and "=" not in overrides[0]:
         config = overrides.pop(0)
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_study(config, overrides)
         result = evaluate_scorers(cfg, world_for(cfg), Path(args.labels) if args.labels else None)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return _error(err)
-    out = Path(args.out) if args.out else cfg.run_dir / "scorer_eval"
+    out = Path(args.out) if args.out else RunDir(cfg.run_dir).scorer_eval
     print(markdown(result))
     print("written: " + ", ".join(str(p) for p in write_scorer_eval(result, out)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the registries' names are the choices (their packages load here, not at `import safepretrain.cli`)
+    from safepretrain.eval.decoders import DECODERS
+    from safepretrain.eval.judges import JUDGES
+    from safepretrain.eval.tasks import task_names
+    from safepretrain.run.launchers import LAUNCHERS
+    from safepretrain.rundir import STAGE_NAMES
+
     p = argparse.ArgumentParser(prog="safepretrain", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -227,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional YAML config, then dotlist overrides such as curriculum.token_budget=2e6")
     s.add_argument("--out", help="run directory (default: runs/<name>)")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned steps")
-    s.add_argument("--launcher", choices=["local", "local-parallel", "slurm"],
+    s.add_argument("--launcher", choices=list(LAUNCHERS),
                    help="how to run the study's parts (default: launch.launcher): in order here, as parallel "
                         "subprocesses, or as Slurm jobs (with --dry-run: write the scripts, submit nothing)")
     s.add_argument("--only", metavar="PART",
@@ -247,18 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all-steps", action="store_true",
                    help="every saved step of the stage (a trajectory), not only its final checkpoint")
     e.add_argument("--task", action="append", required=True,
-                   help="task to run (repeatable): asr, overrefusal, likelihood, probe, heldout_loss, or an "
-                        "attack: asr_prefill, asr_template, asr_gcg, asr_gcg_adaptive")
+                   help=f"task to run (repeatable): {', '.join(task_names())} (an attack runs as asr_<attack>)")
     e.add_argument("--judge", action="append",
-                   help="judge (repeatable; first = primary): default, classifier, keyword, llm, hf; default: the "
-                        "run's eval.judges")
-    e.add_argument("--decoder", action="append", choices=["topk", "beam", "safebeam"],
+                   help=f"judge (repeatable; first = primary): {', '.join(JUDGES)}; default: the run's eval.judges")
+    e.add_argument("--decoder", action="append", choices=list(DECODERS),
                    help="decoder (repeatable); default: the run's eval.decoders")
     e.add_argument("--prompts", help="prompt file (.txt, .jsonl or .csv) replacing the bundled prompts")
     e.add_argument("--column", help="field/column of the prompt in a .jsonl/.csv file (default: prompt)")
     e.add_argument("--arm")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--stage", help="base, ift or benign_ft (default: from the checkpoint's folder)")
+    e.add_argument("--stage", help=f"{', '.join(STAGE_NAMES)} (default: from the checkpoint's folder)")
     e.add_argument("--out", help="output folder (default: RUN_DIR/eval_adhoc/...)")
     e.set_defaults(func=_eval)
 

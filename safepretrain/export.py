@@ -16,9 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from safepretrain.config import ConfigError
 from safepretrain.config.base import ASSISTANT, END, EOS, PAD, USER
 from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.rundir import RunDir, RunDirError, relative_to_run
 from safepretrain.train.model import Transformer
 
 # data/chat.py's format: <|user|>{prompt}<|end|><|assistant|>{response}<|end|>; generation starts after <|assistant|>
@@ -50,7 +53,6 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def llama_config(model: Transformer, tok: TextTokenizer):
-    from transformers import LlamaConfig
 
     c = model.cfg
     return LlamaConfig(
@@ -65,7 +67,6 @@ def llama_config(model: Transformer, tok: TextTokenizer):
 
 def export_hf(model: Transformer, tok: TextTokenizer, out: Path, provenance: dict | None = None) -> Path:
     """Write `out` (new or empty) atomically: config, weights (safetensors), tokenizer, chat template."""
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--to {out} exists and is not an empty folder; choose a new folder")
@@ -96,19 +97,15 @@ def export_hf(model: Transformer, tok: TextTokenizer, out: Path, provenance: dic
 
 def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     """Export a checkpoint folder of a run directory (its config and tokenizer come from the run)."""
-    from safepretrain.config import ConfigError, load_config
-    from safepretrain.run.adhoc import EvalInputError, find_run_dir
-    from safepretrain.train.checkpoint import load_model
-
     if not (checkpoint / "model.safetensors").is_file():
         raise ExportError(f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "
                           "RUN/arms/raw/seed0/ift/ckpt/step_000064")
     try:
-        run_dir = find_run_dir(checkpoint.resolve())
-        cfg = load_config(run_dir / "study.yaml")
-    except (EvalInputError, ConfigError) as err:
+        rundir = RunDir.containing(checkpoint.resolve())
+        cfg = rundir.load_config()
+    except (RunDirError, ConfigError) as err:
         raise ExportError(str(err)) from None
-    tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
-    model = load_model(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}), checkpoint)
-    source = str(checkpoint.resolve().relative_to(run_dir.resolve()))
+    tok = rundir.tokenizer(cfg)
+    model = rundir.model(cfg, checkpoint, "cpu", tok)
+    source = relative_to_run(checkpoint, rundir.root)
     return export_hf(model, tok, out, provenance={"study": cfg.name, "checkpoint": source})

@@ -5,9 +5,10 @@
     POST /v1/completions         raw prompt text (base models: the papers' "Question: …\\nAnswer:" layout is up to you)
     POST /v1/chat/completions    messages rendered in the training chat format (data/chat.py)
 
-Extra body fields pick the decoder per request: `decoder` ("topk" | "beam" | "safebeam") and decoding.py's
-parameters (`top_k`, `temperature`, `seed`; `beam_size`, `candidates_per_beam`, `drop_fraction`,
-`short_circuit`, `length_penalty`); unset ones take the run's eval settings. A SafeBeam answer that
+Extra body fields pick the decoder per request: `decoder` (a name from eval/decoders' registry: topk, beam,
+safebeam, ...) and the fields of that decoder's settings model (`top_k` for `k`, `temperature`, `seed`;
+`beam_size`, `candidates_per_beam`, `drop_fraction`, `short_circuit`, `length_penalty`); unset ones take the run's
+eval settings. A SafeBeam answer that
 short-circuited on the harmfulness tag has finish_reason "content_filter" and `safepretrain.short_circuit`
 true on its choice.
 
@@ -32,18 +33,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
+import uvicorn
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from safepretrain.config import ConfigError
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer
-from safepretrain.eval.decoding import DECODERS, Generation, decode
+from safepretrain.eval.decoders import DECODERS, Generation, decode, decoder_settings
+from safepretrain.rundir import RunDir, RunDirError
 
 QUEUE_PER_SLOT = 4  # waiting requests per concurrency slot before 429: bounded memory, smooth bursts
 MAX_PROMPTS = 16  # prompts per /v1/completions request
@@ -61,7 +64,7 @@ class ServeError(Exception):
 @dataclass
 class ServedModel:
     name: str
-    model: Any  # a decoding.DecoderModel (safepretrain.train.model.Transformer)
+    model: Any  # an eval.decoders.DecoderModel (safepretrain.train.model.Transformer)
     tok: TextTokenizer
     tag_id: int | None  # None: the tokenizer has no tag, so SafeBeam cannot run
     eval_cfg: Any  # the run's EvalConfig: default decoder settings and max_tokens
@@ -69,21 +72,16 @@ class ServedModel:
 
 def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
     """Model, tokenizer and eval settings of a checkpoint folder, located as `export` does (via its run)."""
-    from safepretrain.config import ConfigError, load_config
-    from safepretrain.run.adhoc import EvalInputError, find_run_dir
-    from safepretrain.train.checkpoint import load_model, resolve_device
-
     if not (checkpoint / "model.safetensors").is_file():
         raise ServeError(400, f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "
                               "RUN/arms/raw/seed0/ift/ckpt/step_000064")
     try:
-        run_dir = find_run_dir(checkpoint.resolve())
-        cfg = load_config(run_dir / "study.yaml")
-    except (EvalInputError, ConfigError) as err:
+        rundir = RunDir.containing(checkpoint.resolve())
+        cfg = rundir.load_config()
+    except (RunDirError, ConfigError) as err:
         raise ServeError(400, str(err)) from None
-    tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
-    model = load_model(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}), checkpoint,
-                       resolve_device(device))
+    tok = rundir.tokenizer(cfg)
+    model = rundir.model(cfg, checkpoint, device, tok)
     return ServedModel(checkpoint.resolve().name, model, tok, tok.tag_id, cfg.eval)
 
 
@@ -99,7 +97,7 @@ class _Body(BaseModel):
     n: int = Field(1, ge=1, le=1)  # one choice per prompt; ask again (another seed) for more samples
     decoder: str = "topk"
     seed: int | None = Field(None, ge=0, lt=2**63)  # torch.Generator.manual_seed's range
-    temperature: float | None = Field(None, ge=0)  # 0 = greedy (decoding.sample_next_token)
+    temperature: float | None = Field(None, ge=0)  # 0 = greedy (eval.decoders.sample_next_token)
     top_k: int | None = Field(None, ge=0)  # 0 = whole vocabulary
     # beam widths are bounded: each prompt holds beam_size × candidates_per_beam cache rows
     beam_size: int | None = Field(None, ge=1, le=16)
@@ -165,7 +163,7 @@ class Plan:
     prompts: list[list[int]]
     max_tokens: int
     seed: int
-    settings: SimpleNamespace
+    settings: BaseModel
 
 
 def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int) -> Plan:
@@ -174,7 +172,7 @@ def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int) -
                          "not_found_error")
     if body.decoder not in DECODERS:
         raise ServeError(400, f"unknown decoder {body.decoder!r}; choose one of {', '.join(sorted(DECODERS))}")
-    if body.decoder == "safebeam" and served.tag_id is None:
+    if DECODERS[body.decoder].options.get("needs_tag") and served.tag_id is None:
         raise ServeError(400, "SafeBeam needs the harmfulness tag token, and this checkpoint's tokenizer has none; "
                               "use decoder topk or beam")
     e = served.eval_cfg
@@ -187,14 +185,13 @@ def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int) -
     if max_tokens >= served.model.max_seq_len:
         raise ServeError(400, f"max_tokens={max_tokens} leaves no room for the prompt: the model's context is "
                               f"{served.model.max_seq_len} tokens")
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    settings = SimpleNamespace(  # decoding.DECODERS read these attribute names (the eval config's)
-        k=pick(body.top_k, e.topk.k), temperature=pick(body.temperature, e.topk.temperature),
-        beam_size=pick(body.beam_size, e.safebeam.beam_size),
-        candidates_per_beam=pick(body.candidates_per_beam, e.safebeam.candidates_per_beam),
-        drop_fraction=pick(body.drop_fraction, e.safebeam.drop_fraction),
-        short_circuit=pick(body.short_circuit, e.safebeam.short_circuit),
-        length_penalty=pick(body.length_penalty, e.safebeam.length_penalty))
+    # the decoder's own settings model (the run's eval section), with the request's values for its fields
+    asked = {"k": body.top_k, "temperature": body.temperature, "beam_size": body.beam_size,
+             "candidates_per_beam": body.candidates_per_beam, "drop_fraction": body.drop_fraction,
+             "short_circuit": body.short_circuit, "length_penalty": body.length_penalty}
+    base = decoder_settings(body.decoder, e)
+    fields = type(base).model_fields
+    settings = base.model_copy(update={k: v for k, v in asked.items() if v is not None and k in fields})
     # no seed → a fresh one, so repeated requests sample differently (as OpenAI's API does); it is echoed back
     seed = body.seed if body.seed is not None else secrets.randbits(31)
     return Plan(body.decoder, prompts, max_tokens, seed, settings)
@@ -351,7 +348,6 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
 def serve(checkpoint: Path, *, host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 4,
           max_tokens_cap: int = 256, max_request_bytes: int = 65536, device: str = "cpu") -> None:
     """Load the checkpoint and serve it until interrupted (blocking)."""
-    import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {host}: the server has no authentication, so anyone who can reach this port can "

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from loguru import logger as loguru_logger
 
 log = logging.getLogger("safepretrain")
 
@@ -31,9 +35,7 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         fh.setFormatter(fmt)
         log.addHandler(fh)
     try:  # datatrove logs through loguru: keep its warnings, drop its per-task INFO chatter on stderr
-        import sys
 
-        from loguru import logger as loguru_logger
 
         loguru_logger.remove()
         loguru_logger.add(sys.stderr, level="WARNING")
@@ -50,6 +52,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     finally:  # a failed write (disk full) leaves the previous file as it was and no temporary behind
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
+    """Atomic CSV write with a header of `columns` (every row holds exactly those keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+    finally:  # as in write_text_atomic: the previous file survives a failed write
         tmp.unlink(missing_ok=True)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from safepretrain.config import ConfigError, load_config
+from safepretrain.run.checks import load_study, validate_against_world
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -38,9 +39,9 @@ def test_overrides_reach_nested_fields_and_list_items():
         (["curriculum.intervention_streams=[safe, nope]"], "curriculum.intervention_streams", "known streams"),
         (["data.routing.rephrase_scores=[1, 4]"], "data.routing", "overlap"),
         (["model.preset=huge"], "model", "choose one of"),
-        (["data.routing.by=truth"], "top level", "world.kind=organism"),
-        (["benign_ft.data=benign_answers"], "top level", "world.kind=organism"),
-        (["benign_ft.data=benign_facts"], "top level", "world.kind=organism"),
+        (["data.routing.by=truth"], "data.routing.by", "world.kind=organism"),
+        (["benign_ft.data=benign_answers"], "benign_ft.data", "world.kind=organism"),
+        (["benign_ft.data=benign_facts"], "benign_ft.data", "world.kind=organism"),
         (["world.kind=organism", "world.organism.dual_use_components=5"], "world.organism.dual_use_components",
          "less than or equal to 4"),
         (["world.kind=organism", "world.organism.heldout_fraction=1.0"], "world.organism.heldout_fraction",
@@ -49,7 +50,7 @@ def test_overrides_reach_nested_fields_and_list_items():
 )
 def test_invalid_configs_name_the_field_and_the_fix(override, field, hint):
     with pytest.raises(ConfigError) as err:
-        load_config(None, override)
+        load_study(None, override)
     assert field in str(err.value) and hint in str(err.value)
 
 
@@ -59,8 +60,6 @@ def test_budget_smaller_than_one_step_is_rejected():
 
 
 def test_missing_world_source_and_corpus_fail_before_work(tmp_path):
-    from safepretrain.run.study import validate_against_world
-
     cfg = load_config(None, ["world.sources=[brown, no_such_source]"])
     with pytest.raises(ConfigError, match="world.sources: unknown source 'no_such_source'"):
         validate_against_world(cfg)

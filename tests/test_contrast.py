@@ -3,8 +3,13 @@
     python -m pytest tests/test_contrast.py -q
 """
 
+import dataclasses
+import json
+import os
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -47,9 +52,17 @@ def test_sizes_and_fields():
 
 
 def test_deterministic_by_seed():
-    assert cs.contrast_pairs(50, seed=3) == cs.contrast_pairs(50, seed=3)
+    pairs, neutral = cs.contrast_pairs(50, seed=3), cs.neutral_prompts(20, seed=1)
+    # a fresh process (another hash seed, the contrast set parsed anew) draws the same pairs and prompts
+    child = ("import dataclasses, json; from safepretrain.eval import contrast as cs; "
+             "print(json.dumps({'pairs': [dataclasses.asdict(p) for p in cs.contrast_pairs(50, seed=3)], "
+             "'neutral': cs.neutral_prompts(20, seed=1)}))")
+    out = subprocess.run([sys.executable, "-c", child], env={**os.environ, "PYTHONHASHSEED": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    fresh = json.loads(out)
+    assert [dataclasses.asdict(p) for p in pairs] == fresh["pairs"] and len(pairs) == 50
+    assert neutral == fresh["neutral"] and len(neutral) == 20
     assert cs.contrast_pairs(50, seed=3) != cs.contrast_pairs(50, seed=4)
-    assert cs.neutral_prompts(20, seed=1) == cs.neutral_prompts(20, seed=1)
     assert cs.neutral_prompts(20, seed=1) != cs.neutral_prompts(20, seed=2)
     assert len(cs.contrast_pairs(10, seed=0)) == 10
     # a prefix of the order covers distinct topics before any topic repeats

@@ -11,9 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safepretrain.config import ArmConfig, CurriculumConfig
+from safepretrain.config import ArmConfig, ConfigError, CurriculumConfig, load_config
 from safepretrain.data.shards import load_shards, write_shard
-from safepretrain.train.curriculum import CurriculumSampler, arm_schedule, mix_weights
+from safepretrain.train.curriculum import (
+    CurriculumSampler,
+    arm_schedule,
+    check_data_budget,
+    describe_arm,
+    dose_plan,
+    intervention_tokens,
+    match_dose,
+    mix_weights,
+)
 
 STREAM_TOKENS = {"safe": 5000, "unsafe": 1000, "rephrased": 800, "refusal": 100, "moral_ed": 300, "tagged": 1100}
 
@@ -186,8 +195,6 @@ def test_stream_sets_restrict_what_an_arm_reads_after_its_start():
 
 
 def test_matched_dose_equalises_expected_intervention_tokens():
-    from safepretrain.train.curriculum import dose_table, intervention_tokens, match_dose
-
     prop, matched = cur(), cur(dose="matched")
     own = {a.name: intervention_tokens(arm_schedule(a, prop, STREAM_TOKENS), prop) for a in prop.arms[1:]}
     assert own["start_0"] > own["start_20"] > own["start_60"] > own["safe_only"] == 0  # the papers' confound
@@ -207,11 +214,9 @@ def test_matched_dose_equalises_expected_intervention_tokens():
         cur(dose="matched", arms=[{"name": "a", "start": 1.0}, {"name": "r", "data": "raw"}])
     with pytest.raises(ValueError, match="dose=matched needs a curriculum arm"):  # starts that hold no tokens
         arm_schedule(matched.arms[1], matched, {**STREAM_TOKENS, **dict.fromkeys(LADDER, 0)})
-    assert dose_table(prop, STREAM_TOKENS).count("| matched |") == 5
 
 
 def test_max_repeats_fails_naming_stream_arm_and_numbers():
-    from safepretrain.train.curriculum import check_data_budget
 
     check_data_budget(cur(), STREAM_TOKENS)  # unlimited by default
     check_data_budget(cur(max_repeats=100), STREAM_TOKENS)
@@ -237,7 +242,6 @@ def test_max_repeats_fails_naming_stream_arm_and_numbers():
     ({"name": "r", "data": "raw", "streams": ["safe"]}, r"data=raw, which never switches; remove \['streams'\]"),
 ])
 def test_curriculum_fields_are_validated_with_messages_that_name_them(arm, message):
-    from safepretrain.config.study import load_config
 
     with pytest.raises(ValueError, match=message):
         cur(arms=[arm])
@@ -246,7 +250,6 @@ def test_curriculum_fields_are_validated_with_messages_that_name_them(arm, messa
 
 
 def test_ablation_ladder_config_adds_one_intervention_per_rung():
-    from safepretrain.config.study import load_config
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "ablation-ladder.yaml")
     c = cfg.curriculum
@@ -259,7 +262,6 @@ def test_ablation_ladder_config_adds_one_intervention_per_rung():
 
 
 def test_plan_lines_describe_starts_ramps_and_who_is_left_out_of_matching():
-    from safepretrain.train.curriculum import describe_arm, dose_plan
 
     cfg = cur(dose="matched", arms=[{"name": "x", "starts": LADDER, "ramp": 0.1}, {"name": "s", "start": 1.0}])
     assert describe_arm(cfg.arms[0], cfg) == ("['safe'] + tagged from 0%, rephrased from 20%, refusal+moral_ed "
@@ -269,7 +271,6 @@ def test_plan_lines_describe_starts_ramps_and_who_is_left_out_of_matching():
 
 
 def test_only_arms_that_read_tagged_text_get_tag_annotated_instruction_data():
-    from safepretrain.config import load_config
 
     cfg = load_config(str(Path(__file__).parents[1] / "configs" / "ablation-ladder.yaml"))
     tags = {a.name: cfg.saw_tags(a) for a in cfg.curriculum.arms}
@@ -342,7 +343,6 @@ def test_matched_dose_scales_explicit_phases_and_records_the_scale(shards):
     ([{"start": 0.0, "end": 1.0, "weights": {"sfe": 1}}], "unknown stream"),
 ])
 def test_bad_phase_lists_are_refused_naming_the_field(phases, named):
-    from safepretrain.config import ConfigError, load_config
 
     arms = json.dumps([{"name": "p", "phases": phases}])
     with pytest.raises(ConfigError) as err:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from safepretrain.config import ModelConfig
-from safepretrain.eval.decoding import (
+from safepretrain.eval.decoders import (
     DECODERS,
     beam_search,
     decode,

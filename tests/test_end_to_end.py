@@ -4,15 +4,23 @@
 """
 
 import csv
+import hashlib
 import json
 import math
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from safepretrain.cli import main
 from safepretrain.config import load_config
+from safepretrain.data.records import read_stream
+from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.train.checkpoint import load_model
 from safepretrain.world import load_world
 from safepretrain.world.dedup import near_duplicates
 
@@ -65,7 +73,6 @@ def test_special_token_strings_in_a_corpus_never_reach_a_stream_as_special_token
     card = json.loads((out / "data" / "report_card.json").read_text())
     assert card["special_strings"] == {"documents": 1, "occurrences": 2}
     assert "Special-token strings made inert" in (out / "data" / "report_card.md").read_text()
-    from safepretrain.data.pipeline import read_stream
 
     u4 = [r for s in ("safe", "unsafe", "tagged", "val") for r in read_stream(out / "data", s)
           if r["id"].split(":")[0] == "u4"]
@@ -184,7 +191,6 @@ def test_rerun_skips_finished_steps(smoke_run, capsys):
 
 def test_run_directory_is_relocatable(smoke_run):
     """Stored paths are relative: a copy, with the original moved away, reuses its own finished steps."""
-    import shutil
 
     out, _ = smoke_run
     for name in ("done.json", "train_result.json", "results.json"):
@@ -235,8 +241,6 @@ def test_eval_command_over_every_saved_step_with_a_chosen_judge_and_attack(smoke
 def test_a_corrupt_shard_is_detected_and_recomputed(smoke_run):
     """A zero-filled val.bin of the right size (once used silently: held-out loss 5.58 instead of 6.58) is
     reported with its path; the data stage is recomputed and gives the original bytes back."""
-    import hashlib
-    import shutil
 
     out, _ = smoke_run
     copy = out.parent / "corrupt"
@@ -255,7 +259,6 @@ def test_a_corrupt_shard_is_detected_and_recomputed(smoke_run):
 def test_a_report_with_an_unfinished_evaluation_says_so(smoke_run):
     """`safepretrain report` on a run whose evaluation of one model has not finished (no done.json) prints the
     INCOMPLETE banner naming that evaluation."""
-    import shutil
 
     out, _ = smoke_run
     copy = out.parent / "unfinished"
@@ -269,11 +272,7 @@ def test_a_report_with_an_unfinished_evaluation_says_so(smoke_run):
 def test_export_of_a_trained_checkpoint_loads_in_transformers(smoke_run, tmp_path, capsys):
     """The CLI exports an instruction-tuned checkpoint of the smoke study; transformers reads it, its chat
     template builds the prompt, and its logits on that prompt are ours."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from safepretrain.data.tokenizer import TextTokenizer
-    from safepretrain.train.checkpoint import load_model
 
     out, cfg = smoke_run
     ckpt = sorted((out / "arms" / "raw" / "seed0" / "ift" / "ckpt").glob("step_*"))[-1]
@@ -309,8 +308,6 @@ def _page_requests(net_log: Path) -> list[str]:
 def test_html_report_renders_offline_in_headless_chromium(smoke_run, tmp_path):
     """report.html opens in a real browser with every section, its plots inline, and no network request; a
     control page that does fetch something shows the check can fail."""
-    import shutil
-    import subprocess
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from safepretrain.config import ModelConfig
 from safepretrain.data.chat import chat_prompt_ids
@@ -32,7 +33,6 @@ def exported(tmp_path_factory):
 
 
 def test_transformers_computes_our_logits(exported):
-    from transformers import LlamaForCausalLM
 
     model, tok, out = exported
     hf = LlamaForCausalLM.from_pretrained(out).eval()
@@ -49,7 +49,6 @@ def test_transformers_computes_our_logits(exported):
 
 
 def test_tokenizer_and_chat_template_match_ours(exported):
-    from transformers import AutoTokenizer
 
     _, tok, out = exported
     hf_tok = AutoTokenizer.from_pretrained(out)

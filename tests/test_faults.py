@@ -27,12 +27,13 @@ DATA_ONLY = """
 import sys
 from pathlib import Path
 from safepretrain.config import load_config
-from safepretrain.data.pipeline import run_data_stage
+from safepretrain.run.study import prepare_data
+from safepretrain.rundir import RunDir
 from safepretrain.world import world_for
 if __name__ == "__main__":  # data.workers > 1 spawns processes that import this file
     run = Path(sys.argv[1])
     cfg = load_config(sys.argv[2], [f"out_dir={run}", *sys.argv[3:]])
-    run_data_stage(cfg, world_for(cfg), run)
+    prepare_data(cfg, world_for(cfg), RunDir(run))
 """
 
 

@@ -3,7 +3,8 @@ inconclusive, and "no rise" claims only when the CI rules out a rise larger than
 
 import numpy as np
 
-from safepretrain.report.findings import CLAIMS, ClaimSpec, evaluate_claims, findings_markdown
+from safepretrain.report.controls import control_checks, controls_markdown, controls_summary
+from safepretrain.report.findings import CLAIMS, ClaimSpec, decisive, evaluate_claims, findings_markdown, why
 
 ARMS = ("raw", "start_0", "start_20", "start_60", "safe_only")
 
@@ -143,8 +144,36 @@ def test_markdown_section():
     md = findings_markdown(f)
     assert md.startswith("## Findings")
     assert "Holm-corrected together" in md and "α = 0.05" in md and "1000 draws" in md
+    # the verdict table: one row per claim, claim · verdict · decisive difference · why
+    lines = md.splitlines()
+    head = lines.index("| claim | verdict | decisive difference [95% CI] | why |")
+    rows = lines[head + 2:head + 2 + len(CLAIMS)]
+    assert [r.split(" | ")[1] for r in rows] == [f"**{x.verdict}**" for x in f]
+    assert rows[0].startswith("| (1) An earlier intervention start") and "start_0 − safe_only = -0.4" in rows[0]
+    assert rows[0].endswith("| 4 of 4 comparisons significant in the predicted direction, none against. |")
+    # then each claim with its comparisons as a sub-list (folded into <details> in the HTML)
     assert md.count("\n- **") == len(CLAIMS)
     assert "**supported** — (1)" in md
+    assert md.count("\n  - ") == sum(len(c.comparisons) + 1 for c in CLAIMS)
+    assert "\n  - start_0 − start_20 = -0.1" in md and "`asr/asr` at benign_ft/topk, lower is better" in md
+    assert findings_markdown(f, heading=None, method=False).startswith("| claim | verdict |")
+
+
+def test_the_decisive_difference_is_the_one_the_verdict_turns_on():
+    f = {x.key: x for x in evaluate_claims(_study(**EARLY_BEST), n_boot=1000)}
+    d = decisive(f["earlier_lower_asr"])  # supported: the strongest comparison for the claim
+    assert d.outcome == "for" and d.result.diff == min(c.result.diff for c in f["earlier_lower_asr"].comparisons)
+    d = decisive(f["zero_start_best_safebeam"])  # the shown candidate's closest rival
+    assert (d.a, d.outcome) == ("start_0", "for")
+    assert d.result.diff == max(c.result.diff for c in f["zero_start_best_safebeam"].comparisons)
+    assert decisive(f["mid_start_best_topk"]).outcome == "against"  # contradicted: a loss of a candidate
+    d, comps = decisive(f["no_overrefusal_rise"]), f["no_overrefusal_rise"].comparisons
+    assert d.result.hi == max(c.result.hi for c in comps)  # the CI bound nearest to the margin
+    assert why(f["earlier_lower_asr"]) == "4 of 4 comparisons significant in the predicted direction, none against."
+    assert why(f["zero_start_best_safebeam"]).startswith("start_0 significantly better than every rival")
+    missing = {x.key: x for x in evaluate_claims([r for r in _study(**EARLY_BEST) if r["arm"] != "start_60"])}
+    assert decisive(missing["earlier_lower_asr"]) is None
+    assert "| – (not run) |" in findings_markdown(list(missing.values()))
 
 
 def test_too_few_draws_cannot_pass_holm():
@@ -177,35 +206,36 @@ def _control_records(raw_asr, start0_asr, raw_choice, seeds=3, prompts=40, seed=
 
 
 def test_controls_pass_when_raw_complies_and_start_0_lowers_asr():
-    from safepretrain.report.controls import control_checks, controls_markdown
-
     checks = {c.key: c.passed for c in control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000)}
     assert checks == {"positive_control_asr": True, "positive_control_likelihood": True, "working_treatment": True,
                       "benign_ft_attack": True}
-    assert "FAILED" not in controls_markdown(control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000))
+    checks = control_checks(_control_records(0.4, 0.02, 0.9), n_boot=1000)
+    text = controls_markdown(checks)
+    assert "FAILED" not in text and text.count("| **passed** |") == 4
+    assert "| control | result | evidence |" in text
+    assert controls_summary(checks) == "**Controls:** 4 of 4 passed (details under Controls)."
 
 
 def test_controls_fail_loudly_when_nothing_complies_or_the_treatment_does_nothing():
-    from safepretrain.report.controls import control_checks, controls_markdown
-
     checks = control_checks(_control_records(0.0, 0.0, 0.2, raw_bft=0.05), n_boot=1000)
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": False, "positive_control_likelihood": False,
                                                  "working_treatment": False, "benign_ft_attack": False}
     text = controls_markdown(checks)
-    assert "Controls failed" in text and "uninformative" in text
+    assert "Controls failed" in text and "uninformative" in text and text.count("| **FAILED** |") == 4
+    assert "Controls failed" in controls_summary(checks) and "0 of 4 passed" in controls_summary(checks)
     missing = control_checks([], n_boot=200)
     assert all(c.passed is None for c in missing)
+    assert "not checked: positive_control_asr" in controls_summary(missing)
 
 
 def test_an_attack_that_does_nothing_fails_only_the_attack_control():
     """Measured on the default organism: benign finetuning left the raw arm's ASR where instruction tuning put
     it (0.05 → 0.06). The report must say the post-finetuning findings cannot separate robustness from that."""
-    from safepretrain.report.controls import control_checks, controls_markdown
-
     checks = control_checks(_control_records(0.4, 0.02, 0.9, raw_ift=0.05, raw_bft=0.06), n_boot=1000)
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": True, "positive_control_likelihood": True,
                                                  "working_treatment": True, "benign_ft_attack": False}
     text = controls_markdown(checks)
     assert "Control failed: benign_ft_attack" in text and "(4) and (5) are unaffected" in text
+    assert "(4) and (5) are unaffected" in controls_summary(checks)
     c3 = next(c for c in checks if c.key == "benign_ft_attack")
     assert "benign_ft − ift" in c3.evidence and "3 seed(s) × 40 prompts" in c3.evidence

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from safepretrain.config import ModelConfig
+from safepretrain.config.evaluation import AttackConfig
 from safepretrain.eval.attacks.gcg import GCGSettings, gcg_suffix
 from safepretrain.train.model import Transformer
 
@@ -96,10 +97,10 @@ def test_model_is_left_unchanged():
         assert p.grad is None, name
 
 
-def test_the_study_config_and_the_attack_share_their_defaults():
-    """`eval.attack.gcg_*` is what a study runs; `GCGSettings()` what a direct call runs: they must not drift."""
-    from safepretrain.config.evaluation import AttackConfig
-
-    a, g = AttackConfig(), GCGSettings()
-    assert (a.gcg_suffix_len, a.gcg_steps, a.gcg_topk, a.gcg_candidates, a.gcg_tag_weight) == \
-           (g.suffix_len, g.steps, g.topk, g.candidates, g.tag_weight)
+def test_the_attack_runs_with_what_the_study_config_says():
+    """One copy of GCG's settings: `eval.attack` (AttackConfig). A direct call's defaults are its defaults, and a
+    study's values reach the attack field by field."""
+    a = AttackConfig(gcg_suffix_len=3, gcg_steps=2, gcg_topk=5, gcg_candidates=7, gcg_tag_weight=0.25)
+    g = GCGSettings.from_config(a, init_token=11)
+    assert (g.suffix_len, g.steps, g.topk, g.candidates, g.tag_weight, g.init_token) == (3, 2, 5, 7, 0.25, 11)
+    assert GCGSettings() == GCGSettings.from_config(AttackConfig())

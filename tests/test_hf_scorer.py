@@ -9,12 +9,18 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
+from datatrove.data import Document
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-from safepretrain.data.hf_scorer import HFClassifierScorer, label_scores  # noqa: E402
-from safepretrain.data.scoring import score_documents  # noqa: E402
+from safepretrain.config import ScorerConfig
+from safepretrain.data.hf_scorer import HFClassifierScorer, label_scores
+from safepretrain.data.scoring import (
+    EmbeddingScorer,
+    LinearHead,
+    score_documents,
+)
+from safepretrain.data.steps import ScoreHarm
 
 WORDS = ("the a of and to in is it that was for on are with as his they be at one have this from or had by hot "
          "word but what some we can out other were all there when up use your how said an each she which do "
@@ -26,7 +32,6 @@ MAX_LEN = 64
 
 def tiny_model_dir(folder, num_labels=6, id2label=None, seed=0):
     """A random 2-layer BERT with a 6-way head and a WordLevel tokenizer, saved like a hub download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     folder.mkdir(parents=True, exist_ok=True)
     specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]"]
@@ -172,20 +177,17 @@ def test_truncation_count_without_fast_encodings(model_dir):
 def test_score_step_max_ensembles_the_classifier_with_the_embedding_scorer(model_dir, tmp_path):
     """ScoreHarm with both in-process scorers: each scorer's document score is kept, the document and chunk
     scores are the max over scorers, and the classifier alone gives its own scores."""
-    from datatrove.data import Document
 
-    from safepretrain.config import ScorerConfig
-    from safepretrain.data.scoring import EmbeddingScorer, LinearHead
-    from safepretrain.data.steps import ScoreHarm
 
     rng = np.random.default_rng(0)
     EmbeddingScorer(LinearHead(rng.normal(size=(6, 384)).astype(np.float32), np.zeros(6, np.float32)),
                     ScorerConfig()).save(tmp_path / "scorer")
     texts = chunks(12)
     docs = [Document(text=t + " " + t, id=f"d{i}", metadata={"source": "t"}) for i, t in enumerate(texts)]
-    hf = {"model_dir": str(model_dir)}
-    both = list(ScoreHarm(str(tmp_path / "scorer"), 6, kinds=["embedding", "hf_classifier"], hf=hf).run(iter(docs)))
-    alone = {d.id: d.metadata for d in ScoreHarm(str(tmp_path / "scorer"), 6, kinds=["hf_classifier"], hf=hf).run(
+    sc = ScorerConfig(hf_model=str(model_dir))
+    both = list(ScoreHarm(str(tmp_path / "scorer"), 6, kinds=["embedding", "hf_classifier"], settings=sc).run(
+        iter(docs)))
+    alone = {d.id: d.metadata for d in ScoreHarm(str(tmp_path / "scorer"), 6, kinds=["hf_classifier"], settings=sc).run(
         iter([Document(text=d.text, id=d.id, metadata={"source": "t"}) for d in docs]))}
     assert len({d.metadata["scores_by"]["hf_classifier"] for d in both}) > 1
     for d in both:

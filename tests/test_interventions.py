@@ -4,7 +4,10 @@
 """
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,10 +94,21 @@ def test_rephrase_keeps_safe_chunks_and_replaces_flagged_ones():
 
 def test_generators_are_seeded_and_varied():
     doc = iv.Routed("d9", "", 5, [5], ["some words here"], "malware_hacking")
-    assert iv.refusal_dialogue(doc, 0) == iv.refusal_dialogue(doc, 0)
+    first = iv.refusal_dialogue(doc, 0)
+    assert first != iv.refusal_dialogue(doc, 1)
     dialogues = {iv.refusal_dialogue(iv.Routed(f"d{i}", "", 5, [5], ["w"], "privacy"), 0)[0] for i in range(50)}
     assert len(dialogues) > 25
-    text, _ = iv.refusal_dialogue(doc, 0)
+    # the dialogue depends on (document, seed) only: not on what was generated before or the global RNG ...
+    random.random()
+    assert iv.refusal_dialogue(iv.Routed("d9", "", 5, [5], ["some words here"], "malware_hacking"), 0) == first
+    # ... nor on the process (its hash seed, its template cache)
+    child = ("import json; from safepretrain.data import interventions as iv; "
+             "print(json.dumps(iv.refusal_dialogue(iv.Routed('d9', '', 5, [5], ['some words here'], "
+             "'malware_hacking'), 0)))")
+    out = subprocess.run([sys.executable, "-c", child], env={**os.environ, "PYTHONHASHSEED": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert tuple(json.loads(out)) == first
+    text, _ = first
     assert iv.templates()["refusal"]["harm"]["malware_hacking"] in text
     assert iv.moral_education(doc, 0).startswith("# ")
 

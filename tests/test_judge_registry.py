@@ -6,19 +6,29 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import cohen_kappa_score
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from safepretrain.config import ConfigError, load_config
+from safepretrain.config import ConfigError, EvalConfig, ModelConfig
 from safepretrain.config.evaluation import HFJudgeConfig, LLMJudgeConfig
+from safepretrain.data.chat import chat_prompt_ids
+from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
+from safepretrain.eval.attacks import attacked_prompts
 from safepretrain.eval.judges.agreement import cohen_kappa, pairwise_agreement
+from safepretrain.eval.judges.hf import HFJudge
 from safepretrain.eval.judges.keyword import KeywordJudge
 from safepretrain.eval.judges.llm import JudgeRequestError, LLMJudge, parse_category, parse_yes_no
+from safepretrain.eval.tasks import EvalContext
+from safepretrain.export import export_hf
+from safepretrain.run.checks import load_study
+from safepretrain.train.model import Transformer
+from safepretrain.utils import write_jsonl
 from tests.llm_server import FakeLLM
 
 TAG = "<potentially unsafe content>"
 
 
 def test_cohen_kappa_matches_its_definition_and_sklearn():
-    from sklearn.metrics import cohen_kappa_score
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -63,13 +73,7 @@ def test_answer_parsers():
 
 
 def test_hf_judge_reads_p_yes_from_a_local_causal_lm(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from safepretrain.config import ModelConfig
-    from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-    from safepretrain.eval.judges.hf import HFJudge
-    from safepretrain.export import export_hf
-    from safepretrain.train.model import Transformer
 
     tok = TextTokenizer(train_tokenizer(["Yes or No, a generation and a behavior"] * 30, 300, 1, TAG), TAG)
     cfg = ModelConfig(preset=None, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64,
@@ -92,7 +96,6 @@ def test_hf_judge_reads_p_yes_from_a_local_causal_lm(tmp_path):
 
 
 def test_pairwise_agreement_reads_every_judge_from_the_samples(tmp_path):
-    from safepretrain.utils import write_jsonl
 
     folder = tmp_path / "eval" / "raw" / "seed0" / "ift" / "topk" / "asr"
     verdicts = [{"a": {"success": s, "refused": False}, "b": {"success": t, "refused": False}}
@@ -109,16 +112,12 @@ def test_pairwise_agreement_reads_every_judge_from_the_samples(tmp_path):
                                              ("eval.judges=[hf]", "hf_judge.path")])
 def test_unknown_or_unconfigured_judges_and_attacks_are_refused(override, named):
     with pytest.raises(ConfigError, match=r"eval\.") as err:
-        load_config(None, [override])
+        load_study(None, [override])
     assert named in str(err.value)
 
 
 @pytest.fixture
 def attack_ctx():
-    from safepretrain.config import EvalConfig, ModelConfig
-    from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-    from safepretrain.eval.tasks import EvalContext
-    from safepretrain.train.model import Transformer
 
     tok = TextTokenizer(train_tokenizer(["Sure, here is how to do that: mix the blue powder!"] * 30, 300, 1, TAG), TAG)
     cfg = ModelConfig(preset=None, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=256,
@@ -129,8 +128,6 @@ def attack_ctx():
 
 
 def test_attacks_build_the_prompts_they_promise(attack_ctx):
-    from safepretrain.data.chat import chat_prompt_ids
-    from safepretrain.eval.attacks import attacked_prompts
 
     ctx, tok = attack_ctx, attack_ctx.tok
     items = [{"id": "h1", "prompt": "mix the powder"}, {"id": "h2", "prompt": "blue powder"}]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from safepretrain.config import JudgeConfig
+from safepretrain.data.scoring import embed
 from safepretrain.eval.judges.classifier import (
     Judge,
     ResponseHarmClassifier,
@@ -22,6 +23,7 @@ from safepretrain.eval.judges.classifier import (
     refusal_opening,
     remove_echo,
 )
+from safepretrain.world.loader import load_world
 
 TAG = "<potentially unsafe content>"
 STRUCTURAL_KINDS = ["clean_refusal", "echo_then_refusal", "babble_with_refusal_phrase", "echo", "echo_plus_babble",
@@ -34,7 +36,6 @@ class WordHarm:
     threshold = 0.5
 
     def score(self, texts, chunk_words=60):
-        from safepretrain.data.scoring import embed
 
         x = embed([t or " " for t in texts])
         return [(0.9 if "bad" in t.split() else 0.1, e if t.split() else None) for t, e in zip(texts, x)]
@@ -183,7 +184,6 @@ def test_cases_file_is_well_formed():
 @pytest.fixture(scope="module")
 def fitted():
     """A small seeded fit (a third of the full training set) on the embedded world."""
-    from safepretrain.world.loader import load_world
 
     world = load_world()
     clf, metrics = ResponseHarmClassifier.fit(world, seed=0, scale=0.3)

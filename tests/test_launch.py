@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import safepretrain.run.launchers.local_parallel as launch
 from safepretrain.cli import main
 from safepretrain.config import load_config
-from safepretrain.run.launch import parse_part, study_parts
+from safepretrain.run.parts import parse_part, study_parts
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -106,7 +107,6 @@ def test_local_parallel_runs_every_part_once_and_status_shows_them_done(tmp_path
 def test_local_parallel_runs_what_it_can_around_a_failed_part(tmp_path, monkeypatch):
     """The scheduler alone (parts faked): a failed trunk names its log; the arms that branch from it are skipped,
     the others still run, and the report waits for a rerun."""
-    import safepretrain.run.launch as launch
 
     cfg = load_config(SMOKE, ["seeds=[0]", f"out_dir={tmp_path}"])
     ran = []

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,12 @@ from llm_server import FakeLLM, Faults, respond
 from safepretrain.config import ConfigError, load_config
 from safepretrain.config.data import LLMConfig
 from safepretrain.data import llm
-from safepretrain.data.pipeline import read_stream, run_data_stage, sample_world_documents
+from safepretrain.data.pipeline import sample_world_documents
+from safepretrain.data.records import read_stream
 from safepretrain.data.scoring import chunk_text
+from safepretrain.run.checks import load_study
+from safepretrain.run.study import prepare_data
+from safepretrain.rundir import RunDir
 from safepretrain.utils import read_jsonl
 from safepretrain.world import world_for
 
@@ -63,7 +68,7 @@ def test_every_document_is_written_or_rejected_with_a_reason_under_injected_faul
     sample = sample_world_documents(world, None, cfg.world.max_docs_per_source, cfg.data.seed)
     victim = next(d for d in sample if d["source"] == "organism_article")
     server.always_fail = " ".join(victim["text"].split()[:8])  # one document the LLM never answers
-    data = run_data_stage(cfg, world, tmp_path).folder
+    data = prepare_data(cfg, world, RunDir(tmp_path)).folder
 
     scoring = tmp_path / "scoring"  # the scoring pass: every document read, scored once
     read = [r for r in read_jsonl(scoring / "input" / "world.jsonl")]
@@ -112,12 +117,13 @@ import sys
 from pathlib import Path
 from safepretrain.config import load_config
 from safepretrain.data.scoring import chunk_text
-from safepretrain.data.pipeline import run_data_stage
+from safepretrain.run.study import prepare_data
+from safepretrain.rundir import RunDir
 from safepretrain.world import world_for
 if __name__ == "__main__":
     run = Path(sys.argv[1])
     cfg = load_config(sys.argv[2], [f"out_dir={run}", *sys.argv[3:]])
-    run_data_stage(cfg, world_for(cfg), run)
+    prepare_data(cfg, world_for(cfg), RunDir(run))
 """
 
 
@@ -194,7 +200,6 @@ def test_generations_are_checked_for_emptiness_leaks_and_length():
 
 
 def test_an_unreachable_endpoint_fails_fast_with_its_url():
-    import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -210,7 +215,9 @@ def test_llm_settings_are_validated_at_start():
     with pytest.raises(ConfigError, match="endpoint_url"):
         load_config(str(ROOT / "configs" / "smoke.yaml"), ["data.interventions.generator=llm"])
     with pytest.raises(ConfigError, match="hf_model"):
-        load_config(str(ROOT / "configs" / "smoke.yaml"), ["data.scorer.kind=hf_classifier"])
+        load_study(str(ROOT / "configs" / "smoke.yaml"), ["data.scorer.kind=hf_classifier"])
+    with pytest.raises(ConfigError, match="endpoint_url"):
+        load_study(str(ROOT / "configs" / "smoke.yaml"), ["data.scorer.kind=llm_rubric"])
 
 
 @pytest.mark.slow
@@ -219,13 +226,13 @@ def test_one_scoring_pass_serves_a_routing_ablation_without_new_requests(tmp_pat
             f"data.llm.endpoint_url={server.url}"]
     first = load_config(str(ROOT / "configs" / "smoke.yaml"), [f"out_dir={tmp_path / 'a'}", *base])
     world = world_for(first)
-    a = run_data_stage(first, world, tmp_path / "a").folder
+    a = prepare_data(first, world, RunDir(tmp_path / "a")).folder
     assert server.log and all(r["family"] == "rubric" for r in server.log)
     server.log.clear()
     reuse = f"data.scores_from={tmp_path / 'a' / 'scoring'}"
     ablation = load_config(str(ROOT / "configs" / "smoke.yaml"),
                            [f"out_dir={tmp_path / 'b'}", *base, "data.routing.tag_min_score=4", reuse])
-    b = run_data_stage(ablation, world, tmp_path / "b").folder
+    b = prepare_data(ablation, world, RunDir(tmp_path / "b")).folder
     assert server.log == [] and not (tmp_path / "b" / "scoring").exists()  # no rescoring: no request at all
     assert read_stream(a, "unsafe") == read_stream(b, "unsafe")  # the same scores route the same documents
     assert all(r["routed_score"] >= 4 for r in read_stream(b, "tagged"))
@@ -233,4 +240,4 @@ def test_one_scoring_pass_serves_a_routing_ablation_without_new_requests(tmp_pat
     other = load_config(str(ROOT / "configs" / "smoke.yaml"),
                         [f"out_dir={tmp_path / 'c'}", *base, "data.scorer.chunk_words=60", reuse])
     with pytest.raises(ValueError, match="another world or scorer config"):
-        run_data_stage(other, world, tmp_path / "c")
+        prepare_data(other, world, RunDir(tmp_path / "c"))

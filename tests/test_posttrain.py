@@ -8,7 +8,9 @@ from collections import Counter
 import pytest
 
 from safepretrain.config import load_config
-from safepretrain.train.posttrain import ift_examples, request_topic
+from safepretrain.config.data import OrganismConfig
+from safepretrain.train.posttrain import benign_ft_examples, ift_examples, request_topic
+from safepretrain.world.organism import organism_world
 
 TAG = "<potentially unsafe content>"
 DOCS = [f"Document {i} talks about gardens, rivers and the weather in spring." for i in range(40)]
@@ -53,9 +55,6 @@ def test_saw_tags_follows_the_switch_step():
 def test_benign_finetuning_sets_of_the_organism(data):
     """benign_answers: twins and town facts; benign_facts: no item's name at all, like GSM8K beside the papers'
     harmful prompts."""
-    from safepretrain.config.data import OrganismConfig
-    from safepretrain.train.posttrain import benign_ft_examples
-    from safepretrain.world.organism import organism_world
 
     world = organism_world(OrganismConfig(n_hazards=6, scale=1, n_towns=8, facts_per_town=2))
     examples = benign_ft_examples(data, world.benign_train_prompts, 300, seed=0)

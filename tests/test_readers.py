@@ -15,17 +15,10 @@ import pytest
 from pydantic import ValidationError
 
 from safepretrain.config import WorldConfig
+from safepretrain.config.inputs import HFSpec, input_kind, parse_hf_spec
 from safepretrain.data import readers
 from safepretrain.data.read_step import ReadCorpus
-from safepretrain.data.readers import (
-    HFSpec,
-    check_inputs,
-    corpus_problems,
-    input_kind,
-    iter_raw_records,
-    parse_hf_spec,
-    source_name,
-)
+from safepretrain.data.readers import check_inputs, corpus_problems, iter_raw_records, source_name
 
 RECORDS = [
     {"id": "a", "text": "A note about gardens and rain.", "source": "web", "kind": "article"},

@@ -4,12 +4,14 @@
 """
 
 import json
+import random
+import re
 from pathlib import Path
 
-from safepretrain.data.report_card import build_report_card, phrase_category_rates
+from safepretrain.data.report_card import build_report_card, harm_phrases_markdown, phrase_category_rates
 from safepretrain.report.build import data_and_judge
 from safepretrain.utils import write_jsonl
-from safepretrain.world.taxonomy import CATEGORY_PHRASES, HARM_CATEGORIES, categories_by_phrases, category_by_phrases
+from safepretrain.world.taxonomy import CATEGORY_PHRASES, HARM_CATEGORIES, categories_by_phrases
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,25 +25,17 @@ def test_every_category_has_short_lowercase_phrases():
 
 def test_phrases_match_whole_words_only_case_insensitively():
     assert categories_by_phrases("We had scampi for dinner.") == []
-    assert category_by_phrases("We had scampi for dinner.") is None
     assert categories_by_phrases("A SCAM, they said.") == ["fraud_deception"]
     assert categories_by_phrases("Two scams and a Phishing mail") == ["fraud_deception"]
     assert categories_by_phrases("the passwordless login") == []
     assert categories_by_phrases("his Home   Address was posted") == ["privacy"]  # any whitespace inside a phrase
     assert categories_by_phrases("an anti-scam leaflet") == ["fraud_deception"]  # a hyphen is a word boundary
-    assert categories_by_phrases("") == [] and category_by_phrases("") is None
+    assert categories_by_phrases("") == []
 
 
-def test_a_text_can_match_several_categories_and_the_most_matched_wins():
+def test_a_text_can_match_several_categories_in_taxonomy_order():
     text = "A conspiracy post asked for a password; the hoax spread, the propaganda too."
     assert categories_by_phrases(text) == ["malware_hacking", "disinformation"]  # HARM_CATEGORIES order
-    assert category_by_phrases(text) == "disinformation"  # 3 matches against 1
-
-
-def test_ties_go_to_the_earlier_category():
-    assert list(HARM_CATEGORIES).index("malware_hacking") < list(HARM_CATEGORIES).index("fraud_deception")
-    assert category_by_phrases("malware and a scam") == "malware_hacking"
-    assert category_by_phrases("a scam and malware") == "malware_hacking"
 
 
 DOCS = [  # (id, source, score, text)
@@ -141,7 +135,6 @@ def test_the_number_of_documents_read_is_capped_and_said_so(tmp_path):
     assert hp["capped"] and hp["every_nth"] == 1 and hp["docs"] == 4
     assert not phrase_category_rates(folder, cap=6)["capped"]
 
-    from safepretrain.data.report_card import harm_phrases_markdown
     md = "\n".join(harm_phrases_markdown({"harm_phrases": phrase_category_rates(folder, cap=3, available=6)}))
     assert "capped at 3: one in every 2 of the stage's 6 documents" in md
 
@@ -158,7 +151,6 @@ def test_an_empty_data_folder_still_gives_a_card(tmp_path):
 
 def _reference_regexes() -> dict:
     """The plain definition: one regex per category, whole words (longest phrase first), optional plural."""
-    import re
 
     out = {}
     for cat in HARM_CATEGORIES:
@@ -169,7 +161,6 @@ def _reference_regexes() -> dict:
 
 
 def test_the_word_tables_agree_with_one_regex_per_category():
-    import random
 
     ref = _reference_regexes()
     vocab = sorted({w for ps in CATEGORY_PHRASES.values() for p in ps for w in p.replace("-", " ").split()})
@@ -182,6 +173,3 @@ def test_the_word_tables_agree_with_one_regex_per_category():
         low = text.lower()
         counts = {c: len(rx.findall(low)) for c, rx in ref.items()}
         assert categories_by_phrases(text) == [c for c in HARM_CATEGORIES if counts[c]], text
-        best = max(counts.values())
-        expected = next(c for c in HARM_CATEGORIES if counts[c] == best) if best else None
-        assert category_by_phrases(text) == expected, text

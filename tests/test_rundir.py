@@ -3,6 +3,7 @@
     python -m pytest tests/test_rundir.py -q
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from safepretrain.cli import main
 from safepretrain.config import ConfigError, load_config
-from safepretrain.run.rundir import RUN_MARKER, RunDirError, RunLock, check_run_dir, inside_run, relative_to_run
+from safepretrain.rundir import RUN_MARKER, RunDirError, RunLock, check_run_dir, inside_run, relative_to_run
 from safepretrain.utils import StepFolderError, StepMarker
 
 ROOT = Path(__file__).parents[1]
@@ -118,7 +119,6 @@ def test_stored_paths_are_relative_and_stay_inside_the_run(tmp_path):
 
 
 def test_a_changed_output_is_reported_and_the_step_recomputed(tmp_path, caplog):
-    import logging
 
     step = tmp_path / "step"
     m = StepMarker(step, "h1")

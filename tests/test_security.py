@@ -6,6 +6,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
+from safepretrain.rundir import RunDirError, inside_run
+
 SOURCE = sorted((Path(__file__).parents[1] / "safepretrain").rglob("*.py"))
 
 
@@ -34,9 +38,7 @@ def test_no_remote_code_unless_the_user_sets_it():
 
 
 def test_stored_paths_cannot_leave_the_run(tmp_path):
-    import pytest
 
-    from safepretrain.run.rundir import RunDirError, inside_run
 
     for stored in ("../../etc/passwd", "/tmp/x", "arms/../../../x"):
         with pytest.raises(RunDirError):

@@ -19,8 +19,8 @@ from safepretrain.cli import main
 from safepretrain.config import dump_config, load_config
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.eval.decoding import Generation
-from safepretrain.run.rundir import RUN_MARKER
+from safepretrain.eval.decoders import Generation
+from safepretrain.rundir import RUN_MARKER
 from safepretrain.serve import Message, chat_ids, create_app, load_served, text_deltas
 from safepretrain.train.model import Transformer
 

@@ -10,8 +10,10 @@ import pytest
 
 from safepretrain.cli import main
 from safepretrain.config import load_config
-from safepretrain.run.rundir import RunLock
 from safepretrain.run.status import study_status
+from safepretrain.rundir import RunLock
+from safepretrain.train.compute import time_plan
+from safepretrain.train.model import flops_per_token
 
 ROOT = Path(__file__).parents[1]
 
@@ -42,14 +44,14 @@ def test_status_reads_done_failed_running_interrupted_and_pending_steps(tmp_path
 
 
 def test_dry_run_time_estimate_is_model_flops_over_the_assumed_rate(monkeypatch):
-    from safepretrain.train.compute import flops_per_token, time_plan
-
     cfg = load_config(str(ROOT / "configs" / "paper-1.7b.yaml"), [])
     monkeypatch.setenv("SAFEPRETRAIN_PEAK_TFLOPS", "1000")
     monkeypatch.setenv("SAFEPRETRAIN_MFU", "0.5")
     [line] = time_plan(cfg, world_size=64)
     tokens = cfg.pretrain_steps * cfg.pretrain.batch_size * cfg.pretrain.seq_len
-    hours = tokens * flops_per_token(cfg, cfg.pretrain.seq_len) / (64 * 1000e12 * 0.5) / 3600
+    hours = tokens * flops_per_token(cfg.model, cfg.pretrain.seq_len, cfg.tokenizer.vocab_size) \
+        / (64 * 1000e12 * 0.5) / 3600
     assert f"pretrain ~{hours:,.1f} h" in line and "64 x 1000 TFLOP/s x 50% MFU (assumed)" in line
     m = cfg.model  # 6N for the weights plus 12·L·d·T for attention scores
-    assert flops_per_token(cfg, 2048) == pytest.approx(6 * 1.711e9 + 12 * m.n_layers * m.d_model * 2048, rel=0.01)
+    assert flops_per_token(cfg.model, 2048, cfg.tokenizer.vocab_size) == pytest.approx(
+        6 * 1.711e9 + 12 * m.n_layers * m.d_model * 2048, rel=0.01)

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from safepretrain.config import load_config
-from safepretrain.data.pipeline import run_data_stage
 from safepretrain.run.stages import _sampler
+from safepretrain.run.study import prepare_data
+from safepretrain.rundir import RunDir
 from safepretrain.train.loop import train
 from safepretrain.world import world_for
 
@@ -57,7 +58,7 @@ def test_study_under_torchrun_orchestrates_once_and_trains_on_every_rank(tmp_pat
     # the arm's pretraining (trunk to its switch, then its own schedule, on 2 ranks) equals one process
     # training the same global batches from scratch
     cfg = load_config(str(run / "study.yaml"), ["pretrain.distributed=none"])
-    data = run_data_stage(cfg, world_for(cfg), run)
+    data = prepare_data(cfg, world_for(cfg), RunDir(run))
     arm = next(a for a in cfg.curriculum.arms if a.name == "start_20")
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     train(cfg.pretrain, model_cfg, _sampler(cfg, arm, data, 0), tmp_path / "single", seed=0, label="single")

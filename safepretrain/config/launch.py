@@ -1,8 +1,6 @@
-"""How a study's parts are launched (safepretrain/launch.py)."""
+"""How a study's parts are launched (run/launchers)."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field
 
@@ -38,8 +36,9 @@ class LaunchConfig(Strict):
     """`local`: the whole study in one process, in order. `local-parallel`: its parts as subprocesses, each once
     its dependencies are done. `slurm`: one sbatch script per part with dependencies (launch.py)."""
 
-    launcher: Literal["local", "local-parallel", "slurm"] = "local"
-    """How `safepretrain study` runs (the CLI's --launcher overrides it)."""
+    launcher: str = "local"
+    """How `safepretrain study` runs, by name from the launcher registry (run/launchers): `local`, `local-parallel`,
+    `slurm` (the CLI's --launcher overrides it)."""
     max_parallel: int = Field(2, gt=0)
     """`local-parallel`: parts running at once (the cores are split between them)."""
     slurm: SlurmLaunchConfig = SlurmLaunchConfig()

@@ -12,11 +12,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from safepretrain.config.base import ConfigError, Strict
-from safepretrain.config.curriculum import ArmConfig, CurriculumConfig
+from safepretrain.config.curriculum import ArmConfig, CurriculumConfig, first_step_at, intervention_starts
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
 from safepretrain.config.evaluation import EvalConfig
 from safepretrain.config.launch import LaunchConfig
-from safepretrain.config.training import BenignFTConfig, IFTConfig, ModelConfig, PretrainConfig
+from safepretrain.config.training import BenignFTConfig, IFTConfig, ModelConfig, PretrainConfig, TrainConfig
 
 
 class StudyConfig(Strict):
@@ -52,16 +52,16 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> StudyConfig:
-        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
+        tokens_per_step = self.tokens_per_step
         if self.curriculum.token_budget < tokens_per_step:
             raise ValueError(
                 f"curriculum.token_budget={self.curriculum.token_budget} is less than one pretraining step "
                 f"(pretrain.batch_size*pretrain.seq_len={tokens_per_step} tokens); raise the budget"
             )
-        for stage in ("pretrain", "ift", "benign_ft"):
-            seq = getattr(self, stage).seq_len
-            if seq > self.model.max_seq_len:
-                raise ValueError(f"{stage}.seq_len={seq} exceeds model.max_seq_len={self.model.max_seq_len}")
+        for stage, section in self.train_sections.items():
+            if section.seq_len > self.model.max_seq_len:
+                raise ValueError(f"{stage}.seq_len={section.seq_len} exceeds model.max_seq_len="
+                                 f"{self.model.max_seq_len}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds} must be a non-empty list of distinct integers, e.g. [0, 1]")
         stray = sorted(set(self.eval.generation_seeds or []) - set(self.seeds))
@@ -74,27 +74,28 @@ class StudyConfig(Strict):
         if bad:
             raise ValueError(f"eval.benign_ft_curve has steps {bad} outside [0, benign_ft.steps="
                              f"{self.benign_ft.steps}); the last step is always measured")
-        if self.data.routing.by == "truth" and self.world.kind != "organism":
-            raise ValueError("data.routing.by=truth needs truth labels, which only world.kind=organism has; "
-                             "set data.routing.by=scorer or world.kind=organism")
-        if self.benign_ft.data in ("benign_answers", "benign_facts") and self.world.kind != "organism":
-            raise ValueError(f"benign_ft.data={self.benign_ft.data} needs the organism's benign answers; set "
-                             "benign_ft.data=math or world.kind=organism")
         return self
 
     @property
+    def train_sections(self) -> dict[str, TrainConfig]:
+        """The trained stages' sections (pretrain, ift, benign_ft), by field name: every `TrainConfig` field."""
+        return {name: value for name, value in self if isinstance(value, TrainConfig)}
+
+    @property
     def pretrain_steps(self) -> int:
-        return self.curriculum.token_budget // (self.pretrain.batch_size * self.pretrain.seq_len)
+        return self.curriculum.token_budget // self.tokens_per_step
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.pretrain.batch_size * self.pretrain.seq_len
 
     def switch_step(self, arm: ArmConfig) -> int | None:
-        """First pretraining step of `arm` with the intervention mix; None if it never starts (or raw data).
-
-        The switch is at ceil(start · budget / tokens_per_step): exactly at start · budget tokens, to the batch."""
+        """First pretraining step of `arm` with the intervention mix; None if it never starts (or raw data):
+        exactly at start · budget tokens, to the batch (`first_step_at`)."""
         if arm.data == "raw":
             return None
-        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
-        step = -(-round(arm.start * self.curriculum.token_budget) // tokens_per_step)
-        return step if step < self.pretrain_steps else None
+        return first_step_at(round(arm.start * self.curriculum.token_budget), self.curriculum.token_budget,
+                             self.tokens_per_step)
 
     def saw_tags(self, arm: ArmConfig) -> bool:
         """Whether `arm` read tagged text in pretraining: it reads the tagged stream (its `streams`) and that
@@ -102,13 +103,11 @@ class StudyConfig(Strict):
         instruction data (papers §5.1)."""
         if arm.data == "raw":
             return False
-        from safepretrain.train.curriculum import intervention_starts
-
         start = intervention_starts(arm, self.curriculum).get("tagged")
         if start is None:  # the arm never reads the tagged stream (e.g. a rung of the ablation ladder)
             return False
-        tokens_per_step = self.pretrain.batch_size * self.pretrain.seq_len
-        return -(-round(start * self.curriculum.token_budget) // tokens_per_step) < self.pretrain_steps
+        budget = self.curriculum.token_budget
+        return first_step_at(round(start * budget), budget, self.tokens_per_step) is not None
 
     @property
     def run_dir(self) -> Path:
@@ -234,19 +233,18 @@ def dump_config(cfg: StudyConfig) -> str:
 
 
 def reference_markdown() -> str:
-    """The README's config reference: every field with its default and documentation (kept current by a test)."""
-    from pydantic import BaseModel
-
+    """The config reference of docs/config.md: every field with its default and documentation (kept current by a
+    test). Every config section is a `Strict` model."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[Strict], prefix: str) -> None:
         for name, field in model.model_fields.items():
             ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if isinstance(ann, type) and issubclass(ann, Strict):
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.default_factory() if field.default_factory else field.default
-            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            if isinstance(default, list) and default and isinstance(default[0], Strict):
                 default = "5 arms (see below)"
             shown = json.dumps(default, default=str) if not isinstance(default, str) else default
             doc = (field.description or "").replace("\n", " ").replace("|", "\\|")
@@ -256,13 +254,13 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
-README_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+CONFIG_DOC_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
 
 
-def update_readme(path: Path) -> bool:
-    """Rewrite the README's config reference between its markers; True when it changed."""
+def update_config_doc(path: Path) -> bool:
+    """Rewrite the config reference between its markers in `path` (docs/config.md); True when it changed."""
     text = path.read_text()
-    start, end = README_MARKERS
+    start, end = CONFIG_DOC_MARKERS
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     new = f"{head}{start}\n{reference_markdown()}\n{end}{tail}"

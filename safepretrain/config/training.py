@@ -106,7 +106,7 @@ class TrainConfig(Strict):
     """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
     deterministic: bool = True
     """Deterministic kernels and a fixed thread count, so a rerun of a seed gives the same weights on the same
-    machine (see README "Reproducibility" for what holds with bf16 and compile)."""
+    machine (see docs/reproducibility.md for what holds with bf16 and compile)."""
     grad_accum_steps: int = Field(1, gt=0)
     """Micro-batches per optimizer step: each process runs its rows of the `batch_size` global batch in this
     many slices and the update equals the one-shot step (token-weighted mean over the global batch)."""

@@ -17,9 +17,11 @@ import random
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from safepretrain.config import StudyConfig
-from safepretrain.data.scoring import EmbeddingScorer, classification_metrics, score_documents
+from safepretrain.data.scorers import SCORERS, in_process
+from safepretrain.data.scoring import classification_metrics, score_documents
 from safepretrain.utils import read_jsonl, write_json, write_text_atomic
 from safepretrain.world import World
 
@@ -37,7 +39,6 @@ def load_labels(path: Path) -> list[dict]:
 
 def evaluate_scorers(cfg: StudyConfig, world: World, labels_file: Path | None = None,
                      max_truth_docs: int = 2000) -> dict:
-    from sklearn.model_selection import train_test_split
 
     sc, seed = cfg.data.scorer, cfg.data.seed
     labels = list(world.scorer_labels) + (load_labels(labels_file) if labels_file else [])
@@ -46,16 +47,13 @@ def evaluate_scorers(cfg: StudyConfig, world: World, labels_file: Path | None = 
     stratify = y if counts[counts > 0].min() >= 2 else None
     train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=seed, stratify=stratify)
     scorers = {}
-    if "embedding" in sc.kinds:
-        scorers["embedding"], _ = EmbeddingScorer.fit([labels[i]["text"] for i in train], y[train].tolist(), sc,
-                                                      seed=seed)
-    if "hf_classifier" in sc.kinds:
-        from safepretrain.data.hf_scorer import HFClassifierScorer
-
-        scorers["hf_classifier"] = HFClassifierScorer(sc.hf_model, sc.hf_trust_remote_code, sc.hf_max_tokens,
-                                                      sc.batch_size, sc.device)
+    for kind in in_process(sc.kinds):  # a fitted scorer is fitted on the 80% here; the others are loaded
+        fit = SCORERS[kind].options.get("fit")
+        scorers[kind] = fit([labels[i]["text"] for i in train], y[train].tolist(), sc, seed=seed)[0] if fit \
+            else SCORERS[kind].build(sc, None)
     if not scorers:
-        raise ValueError("data.scorer.kind has no in-process scorer (embedding, hf_classifier) to evaluate")
+        raise ValueError(f"data.scorer.kind has no in-process scorer ({', '.join(in_process(list(SCORERS)))}) to "
+                         "evaluate")
 
     seen = {labels[i]["text"] for i in train}
     truth = [d for d in world.documents if isinstance(d.get("truth"), int) and d["text"] not in seen]

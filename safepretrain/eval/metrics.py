@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, stat: Callable[[np.ndarray], float] = np.mean,
@@ -26,7 +27,6 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, seed: int, stat: Callable[[np.
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN when one class is missing
     (e.g. in a bootstrap resample). Numpy only: bootstraps call it thousands of times."""
-    from scipy.stats import rankdata
 
     labels = np.asarray(labels).astype(bool)
     n_pos = int(labels.sum())

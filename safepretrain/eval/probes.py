@@ -30,8 +30,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from safepretrain.config import ProbeConfig
+from safepretrain.data.scoring import embed
 from safepretrain.eval.metrics import auroc, bootstrap_ci, metric_row
 
 POOLINGS = ("last", "mean")
@@ -41,9 +47,6 @@ BASELINES = ("tfidf", "minilm", "surface")
 # ------------------------------------------------------------------ probes and cross-validation
 def fit_probe(x: np.ndarray, y: np.ndarray, C: float, seed: int = 0):
     """A fitted standardise + logistic-regression probe; `.decision_function(x)` scores new rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed)).fit(x, y)
 
@@ -52,7 +55,6 @@ def cv_splits(labels: np.ndarray, folds: int, seed: int,
               groups: Sequence | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index arrays of stratified k-fold; group-aware (no group split across train and
     test) when `groups` (N,) is given."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(labels)
     placeholder = np.zeros(len(y))
@@ -168,12 +170,6 @@ def probe_features(model, prompts: list[list[int]], pad_id: int, last_content: i
     return {"last": np.concatenate(last_chunks, axis=1), "mean": np.concatenate(mean_chunks, axis=1)}
 
 
-def last_token_states(model, prompts: list[list[int]], pad_id: int, batch_size: int = 32) -> np.ndarray:
-    """Hidden states at each prompt's very last token (markers included): (n_layers + 1, N, D) float32.
-    Kept for callers of the old API; probe at the last *content* token with `probe_features`."""
-    return probe_features(model, prompts, pad_id, -1, -1, batch_size)["last"]
-
-
 def random_init_like(model, seed: int = 0):
     """A freshly initialised model of the same class, config, device and dtype, in eval mode.
 
@@ -204,9 +200,6 @@ def surface_features(texts: Sequence[str]) -> np.ndarray:
 
 def _fit_tfidf(C: float, seed: int) -> Callable:
     def fit(x, y):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
 
         vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
         return make_pipeline(vec, LogisticRegression(C=C, max_iter=2000, random_state=seed)).fit(list(x), y)
@@ -235,7 +228,6 @@ def text_baselines(texts: Sequence[str], labels: np.ndarray, groups: Sequence | 
             oof = _oof(_fit_tfidf(C, seed), np.asarray(list(texts), dtype=object), labels, splits)
         else:
             if kind == "minilm":
-                from safepretrain.data.scoring import embed
 
                 x = embed(list(texts))
             else:

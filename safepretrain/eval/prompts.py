@@ -18,7 +18,9 @@ import random
 from dataclasses import dataclass
 
 from safepretrain.config import StudyConfig
+from safepretrain.eval.contrast import ContrastPair, _round_robin, contrast_pairs, neutral_prompts
 from safepretrain.world import World
+from safepretrain.world.generators import benign_instructions
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,6 @@ class EvalPrompts:
 
 
 def eval_prompts(cfg: StudyConfig, world: World, benign_docs: list[str]) -> EvalPrompts:
-    from safepretrain.eval.contrast import contrast_pairs, neutral_prompts
-    from safepretrain.world.generators import benign_instructions
 
     rng = random.Random(cfg.data.seed)
     if world.organism is not None:
@@ -48,8 +48,6 @@ def organism_eval_prompts(cfg: StudyConfig, world: World, benign_docs: list[str]
     """The organism's sets, all in held-out frames: hazard requests (`harmful`), the same requests about the
     benign twins (`benign_edgy`: over-refusal and helpfulness), pairs of the two with their true answers,
     and neutral town questions. Items are spread evenly: one frame per item before any item repeats."""
-    from safepretrain.eval.contrast import ContrastPair, _round_robin
-    from safepretrain.world.generators import benign_instructions
 
     def spread(records: list[dict], n: int) -> list[dict]:
         cells: dict[str, list[dict]] = {}

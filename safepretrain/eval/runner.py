@@ -18,75 +18,60 @@ from pathlib import Path
 
 from safepretrain.config import ModelConfig, StudyConfig
 from safepretrain.data.pipeline import DataArtifacts
+from safepretrain.eval.context import EvalContext, TaskResult
+from safepretrain.eval.judges import build_judges
+from safepretrain.eval.judges.agreement import human_agreement
+from safepretrain.eval.probes import text_baselines
 from safepretrain.eval.prompts import EvalPrompts
-from safepretrain.eval.tasks import TASKS, EvalContext, TaskResult, probe_set, study_tasks
-from safepretrain.run.rundir import ArmRun, StageOutput, relative_to_run
+from safepretrain.eval.tasks import TASKS, probe_set, study_tasks
+from safepretrain.rundir import (
+    BASE,
+    BENIGN_FT,
+    CURVE,
+    NO_DECODER,
+    TRAJECTORY,
+    ArmRun,
+    RunDir,
+    StageOutput,
+    relative_to_run,
+    step_folder,
+)
 from safepretrain.train.checkpoint import load_model, resolve_device
-from safepretrain.utils import StepMarker, files_in, log, read_json, write_json, write_jsonl
+from safepretrain.utils import StepMarker, files_in, log, write_json, write_jsonl
 from safepretrain.world import World
 
 CURVE_TASKS = ("likelihood", "heldout_loss")  # judge-free, cheap: measured at every benign-FT curve step
-TRAJECTORY_TASKS = (("asr", "topk"), ("likelihood", "none"), ("probe", "none"))  # the safety trajectory's metrics
-
-
-def load_or_fit_judge(cfg: StudyConfig, world: World, folder: Path):
-    """The study's judge: its response-harm classifier is fit once per run directory on the world's
-    response-like text, and the judge's quality on labelled responses is measured and saved beside it."""
-    from safepretrain.eval.judges.classifier import Judge, ResponseHarmClassifier, judge_quality
-
-    j = cfg.eval.judge
-    marker = StepMarker(folder, cfg.stage_hash("world", extra=[j.model_dump(), cfg.data.seed]))
-    if not marker.is_done():
-        marker.start()
-    if world.organism is not None:  # ground truth: the exact judge, nothing to fit
-        from safepretrain.eval.judges.exact import ExactJudge, exact_judge_quality
-
-        judge = ExactJudge(world, j.min_keys, cfg.data.interventions.tag, j.opening_words)
-        if not marker.is_done():
-            quality = exact_judge_quality(judge, world, seed=cfg.data.seed)
-            write_json(folder / "quality.json", quality)
-            log.info(f"judge: exact (>= {j.min_keys} of 4 keys); accuracy on generated cases "
-                     f"{quality['cases']['accuracy']:.2f} (n={quality['cases']['n']})")
-            marker.finish(outputs=files_in(folder))
-        return judge
-    harm = ResponseHarmClassifier.load_or_fit(folder / "classifier", world, seed=cfg.data.seed)
-    judge = Judge(harm, j, cfg.data.interventions.tag, harm_probability=j.harm_probability,
-                  opening_words=j.opening_words, echo_ngram=j.echo_ngram, comply_min_words=j.comply_min_words)
-    if not marker.is_done():
-        quality = judge_quality(judge, world, seed=cfg.data.seed)
-        write_json(folder / "quality.json", quality)
-        c = quality["cases"]
-        log.info(f"judge: refusal P/R on human labels {quality['human_refusal']['precision']:.2f}/"
-                 f"{quality['human_refusal']['recall']:.2f}; tricky cases accuracy {c['accuracy']:.2f} (n={c['n']})")
-        marker.finish(outputs=files_in(folder))
-    return judge
+# the safety trajectory's metrics
+TRAJECTORY_TASKS = (("asr", "topk"), ("likelihood", NO_DECODER), ("probe", NO_DECODER))
 
 
 class Evaluator:
-    def __init__(self, cfg: StudyConfig, world: World, data: DataArtifacts, prompts: EvalPrompts,
-                 model_cfg: ModelConfig):
-        self.cfg, self.data, self.prompts, self.model_cfg = cfg, data, prompts, model_cfg
-        self.run_dir = data.folder.parent
-        from safepretrain.eval.judges import build_judges
+    """Evaluates a study's checkpoints. `active=False` (the ranks of a multi-rank study other than rank 0): every
+    method returns at once, so the study calls the same methods on every rank."""
 
-        self.judges = build_judges(cfg, world, self.run_dir)
+    def __init__(self, cfg: StudyConfig, world: World, data: DataArtifacts, prompts: EvalPrompts,
+                 model_cfg: ModelConfig, active: bool = True):
+        self.cfg, self.data, self.prompts, self.model_cfg = cfg, data, prompts, model_cfg
+        self.active = active
+        if not active:
+            return
+        self.rundir = RunDir(cfg.run_dir)
+        self.judges = build_judges(cfg, world, self.rundir)
         self.judge = next(iter(self.judges.values()))  # primary: its verdicts feed the paired statistics
         self._judge_agreement(world)
         self.generation_seeds = set(cfg.eval.generation_seeds or cfg.seeds)
         self._text_baselines()
 
     def _judge_agreement(self, world: World) -> None:
-        """Each judge against the world's human labels (accuracy, Cohen's κ): `judge/agreement.json`."""
-        from safepretrain.eval.judges.agreement import human_agreement
-
-        out = self.run_dir / "judge" / "agreement"
+        """Each judge against the world's human labels (accuracy, Cohen's κ): `judge/agreement/agreement.json`."""
+        out = self.rundir.judge_agreement
         marker = StepMarker(out, self.cfg.stage_hash("world", extra=[self.cfg.eval.judges, self.cfg.data.seed,
                                                                       self.cfg.eval.judge.model_dump()]))
         if marker.is_done():
             return
         marker.start()
         found = human_agreement(self.judges, world, seed=self.cfg.data.seed)
-        write_json(out / "agreement.json", found)
+        write_json(self.rundir.human_agreement_file, found)
         log.info("judges vs human labels: " + "; ".join(
             f"{name} {s} κ={m['kappa']:.2f}" for name, sets in found.items() for s, m in sets.items()))
         marker.finish(outputs=files_in(out))
@@ -94,9 +79,7 @@ class Evaluator:
     def _text_baselines(self) -> None:
         """Probe baselines that read only the prompt text (TF-IDF, MiniLM, surface features): a probe on a
         model means something only where it beats them."""
-        from safepretrain.eval.probes import text_baselines
-
-        out = self.run_dir / "eval" / "baselines"
+        out = self.rundir.baselines
         marker = StepMarker(out, self.cfg.stage_hash("eval", "data"))
         if marker.is_done():
             return
@@ -107,12 +90,13 @@ class Evaluator:
         found = text_baselines(texts, labels, groups, folds=p.folds, C=p.C, n_boot=self.cfg.eval.bootstrap, seed=0)
         rows = [{"metric": f"baseline_{k}", "value": v, "ci_low": lo, "ci_high": hi, "n": len(texts)}
                 for k, (v, lo, hi) in found.items()]
-        write_json(out / "results.json", {"task": "probe_baselines", "negatives": p.negatives, "rows": rows})
+        write_json(self.rundir.probe_baselines_file,
+                   {"task": "probe_baselines", "negatives": p.negatives, "rows": rows})
         log.info("probe baselines (text only): " + ", ".join(f"{r['metric']}={r['value']:.3f}" for r in rows))
         marker.finish(outputs=files_in(out))
 
     def _context(self, checkpoint: Path, seed: int) -> EvalContext:
-        model = load_model(self.model_cfg, checkpoint, resolve_device(self.cfg.pretrain.device))
+        model = load_model(self.model_cfg, checkpoint, resolve_device(self.cfg.eval.device))
         return EvalContext(model, self.data.tokenizer, self.judge, self.cfg.eval, seed, self.prompts,
                            self.data.shards["val"], judges=self.judges)
 
@@ -130,6 +114,8 @@ class Evaluator:
 
     def evaluate(self, run: ArmRun, stage: str, trained: StageOutput) -> None:
         """Every task on `trained` (a checkpoint + the hash of everything that made it) at `stage`."""
+        if not self.active:
+            return
         out = run.eval_dir(stage)
         generative = run.seed in self.generation_seeds
         marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, generative]))
@@ -142,7 +128,7 @@ class Evaluator:
         for task in study_tasks(self.cfg.eval):
             if task.generative and not generative:
                 continue
-            for decoder in (self.cfg.eval.decoders if task.uses_decoder else ["none"]):
+            for decoder in (self.cfg.eval.decoders if task.uses_decoder else [NO_DECODER]):
                 t1 = time.perf_counter()
                 result = task.run(ctx, stage, decoder)
                 self._write(out / decoder / task.name, run, stage, decoder, task, result, trained.checkpoint,
@@ -155,7 +141,9 @@ class Evaluator:
 
     def evaluate_curve(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
         """The judge-free tasks at each benign-finetuning step in `checkpoints` ((step, checkpoint) pairs)."""
-        out = run.eval_dir("benign_ft_curve")
+        if not self.active:
+            return
+        out = run.eval_dir(CURVE)
         marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, [s for s, _ in checkpoints]]))
         if marker.is_done():
             return
@@ -164,8 +152,8 @@ class Evaluator:
             ctx = self._context(checkpoint, run.seed)
             for name in CURVE_TASKS:
                 task, t1 = TASKS[name], time.perf_counter()
-                result = task.run(ctx, "benign_ft", "none")
-                self._write(out / f"step_{step:06d}" / "none" / name, run, "benign_ft_curve", "none", task, result,
+                result = task.run(ctx, BENIGN_FT, NO_DECODER)
+                self._write(out / step_folder(step) / NO_DECODER / name, run, CURVE, NO_DECODER, task, result,
                             checkpoint, time.perf_counter() - t1, ft_step=step)
         marker.finish(outputs=files_in(out), steps=[s for s, _ in checkpoints])
 
@@ -173,13 +161,15 @@ class Evaluator:
     def evaluate_trajectory(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
         """The safety trajectory: ASR (top-k, generation seeds), the likelihood metrics and the probes at every
         saved pretraining step in `checkpoints` (the final step is the `base` evaluation)."""
-        out = run.eval_dir("pretrain_trajectory")
+        if not self.active:
+            return
+        out = run.eval_dir(TRAJECTORY)
         steps = [s for s, _ in checkpoints]
         marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, steps]))
         if marker.is_done():
             return
         marker.start()
-        tokens_per_step = self.cfg.pretrain.batch_size * self.cfg.pretrain.seq_len
+        tokens_per_step = self.cfg.tokens_per_step
         generative = run.seed in self.generation_seeds
         for step, checkpoint in checkpoints:
             ctx = self._context(checkpoint, run.seed)
@@ -187,12 +177,7 @@ class Evaluator:
                 task, t1 = TASKS[name], time.perf_counter()
                 if task.generative and not generative:
                     continue
-                result = task.run(ctx, "base", decoder)
-                self._write(out / f"step_{step:06d}" / decoder / name, run, "base", decoder, task, result, checkpoint,
+                result = task.run(ctx, BASE, decoder)
+                self._write(out / step_folder(step) / decoder / name, run, BASE, decoder, task, result, checkpoint,
                             time.perf_counter() - t1, pretrain_step=step, tokens=step * tokens_per_step)
         marker.finish(outputs=files_in(out), steps=steps)
-
-
-def judge_quality_of(run_dir: Path) -> dict | None:
-    path = run_dir / "judge" / "quality.json"
-    return read_json(path) if path.is_file() else None

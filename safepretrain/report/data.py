@@ -1,7 +1,8 @@
-"""Read a run directory's evaluation outputs back: aggregate rows, per-item records, curves, completeness.
+"""Read a run directory's evaluation outputs back: aggregate rows, per-item records, curves, directions,
+completeness.
 
 Everything the report shows comes from files, so `safepretrain report RUN_DIR` rebuilds it without
-recomputing anything.
+recomputing anything. Paths and globs come from `safepretrain.rundir.RunDir`, the one owner of the layout.
 """
 
 from __future__ import annotations
@@ -10,16 +11,31 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.stats import hierarchical_bootstrap_mean, index_records, sample_matrix
-from safepretrain.run.rundir import STAGE_NAMES
+from safepretrain.rundir import BENIGN_FT, STAGE_NAMES, RunDir
 from safepretrain.utils import read_json, read_jsonl
 
 COLUMNS = ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low", "ci_high", "n"]
 
 
-def collect_rows(run_dir: Path, arms: list[str]) -> list[dict]:
+def as_rundir(run_dir: Path | str | RunDir) -> RunDir:
+    """The report's functions take a run directory as a path or a `RunDir`."""
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+# ---- files RunDir has no method for (yet): one helper each
+def curve_stage(step: int) -> str:
+    """The stage label of a benign-finetuning curve point in records and pooled rows."""
+    return f"{BENIGN_FT}@{step}"
+
+
+def curve_step(stage: str) -> int:
+    return int(stage.split("@")[1])
+
+
+def collect_rows(run_dir: Path | RunDir, arms: list[str]) -> list[dict]:
     """Aggregate rows of every finished evaluation of the configured `arms` (one row per model and metric)."""
     rows = []
-    for path in sorted((run_dir / "eval").glob("*/seed*/*/*/*/results.json")):
+    for path in as_rundir(run_dir).results_files():
         res = read_json(path)
         if res["arm"] not in arms:
             continue  # an arm removed from the config: its files stay, its rows leave the report
@@ -30,27 +46,27 @@ def collect_rows(run_dir: Path, arms: list[str]) -> list[dict]:
     return rows
 
 
-def collect_records(run_dir: Path, arms: list[str], curve: bool = False) -> list[dict]:
+def collect_records(run_dir: Path | RunDir, arms: list[str], curve: bool = False) -> list[dict]:
     """Per-item records `{arm, seed, stage, decoder, metric: task/metric, item, value}` (eval/stats.py).
 
-    With `curve`, the benign-finetuning curve instead, with stage `benign_ft@<step>`."""
-    pattern = "*/seed*/benign_ft_curve/step_*/*/*/items.jsonl" if curve else "*/seed*/*/*/*/items.jsonl"
+    With `curve`, the benign-finetuning curve instead, with stage `benign_ft@<step>` (`curve_stage`)."""
     out = []
-    for path in sorted((run_dir / "eval").glob(pattern)):
+    for path in as_rundir(run_dir).items_files(curve=curve):
         res = read_json(path.with_name("results.json"))
         if res["arm"] not in arms:
             continue
-        stage = f"benign_ft@{res['ft_step']}" if curve else res["stage"]
+        stage = curve_stage(res["ft_step"]) if curve else res["stage"]
         for it in read_jsonl(path):
             out.append({"arm": res["arm"], "seed": res["seed"], "stage": stage, "decoder": res["decoder"],
                         "metric": f"{res['task']}/{it['metric']}", "item": it["item"], "value": it["value"]})
     return out
 
 
-def directions(run_dir: Path) -> dict[str, bool]:
-    """`task/metric` → higher is better (or safer), as each task declared it."""
+def directions(run_dir: Path | RunDir) -> dict[str, bool]:
+    """`task/metric` → higher is better (or safer), as each task declared it (`higher_is_better` of its
+    results.json); a metric no task declared has no direction."""
     out = {}
-    for path in (run_dir / "eval").glob("*/seed*/*/*/*/results.json"):
+    for path in as_rundir(run_dir).results_files():
         res = read_json(path)
         out.update({f"{res['task']}/{m}": v for m, v in res.get("higher_is_better", {}).items()})
     return out
@@ -73,12 +89,13 @@ def pooled_rows(records: list[dict], arms: list[str], n_boot: int) -> list[dict]
     return rows
 
 
-def missing_evaluations(run_dir: Path, cfg: StudyConfig) -> list[str]:
+def missing_evaluations(run_dir: Path | RunDir, cfg: StudyConfig) -> list[str]:
     """(arm, seed, stage) evaluations that have not finished: a report built without them says so."""
+    rd = as_rundir(run_dir)
     missing = []
     for seed in cfg.seeds:
         for arm in cfg.curriculum.arms:
             for stage in STAGE_NAMES:
-                if not (run_dir / "eval" / arm.name / f"seed{seed}" / stage / "done.json").is_file():
+                if not rd.eval_done_file(arm.name, seed, stage).is_file():
                     missing.append(f"{arm.name} seed {seed} {stage}")
     return missing

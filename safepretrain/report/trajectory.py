@@ -1,6 +1,7 @@
 """The safety trajectory: ASR, the refusal margin and probe AUROC over pretraining tokens per arm, with each arm's
 switch marked (`eval.trajectory`). Points are the saved pretraining checkpoints (eval/<arm>/seed<k>/
-pretrain_trajectory/) and the final model (the `base` evaluation)."""
+pretrain_trajectory/) and the final model (the `base` evaluation). Its metrics are the sections of
+`report/sections.py` in the trajectory group; their arrows come from the tasks' declared directions."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from safepretrain.config import StudyConfig
-from safepretrain.utils import read_json
+from safepretrain.report.data import as_rundir
+from safepretrain.report.plots import OKABE_ITO, _save, plt
+from safepretrain.report.sections import TRAJECTORY_GROUP, arrow, sections_of
+from safepretrain.rundir import RunDir
+from safepretrain.utils import read_json, write_csv
 
-# (task, decoder, metric, axis label)
-METRICS = [("asr", "topk", "asr", "ASR, top-k (fraction) ↓"),
-           ("likelihood", "none", "compliance_gap", "refusal margin (nats/token) ↑"),
-           ("probe", "none", "auroc_best", "probe AUROC, best layer ↑")]
 
-
-def collect_trajectory(run_dir: Path, cfg: StudyConfig) -> list[dict]:
+def collect_trajectory(run_dir: Path | RunDir, cfg: StudyConfig) -> list[dict]:
     """{arm, seed, tokens, task, metric, value, ci_low, ci_high} at every trajectory point and the final model."""
+    rd = as_rundir(run_dir)
     arms = {a.name for a in cfg.curriculum.arms}
-    final_tokens = cfg.pretrain_steps * cfg.pretrain.batch_size * cfg.pretrain.seq_len
-    wanted = {(t, d, m) for t, d, m, _ in METRICS}
-    paths = [(p, None) for p in (run_dir / "eval").glob("*/seed*/pretrain_trajectory/step_*/*/*/results.json")]
-    paths += [(p, final_tokens) for p in (run_dir / "eval").glob("*/seed*/base/*/*/results.json")]
+    final_tokens = cfg.pretrain_steps * cfg.tokens_per_step
+    wanted = {(s.task, s.decoder, s.metric) for s in sections_of(TRAJECTORY_GROUP)}
+    paths = [(p, None) for p in rd.trajectory_results()]
+    paths += [(p, final_tokens) for p in rd.base_results()]
     out = []
     for path, tokens in sorted(paths):
         res = read_json(path)
@@ -37,17 +38,17 @@ def collect_trajectory(run_dir: Path, cfg: StudyConfig) -> list[dict]:
     return out
 
 
-def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path) -> None:
+def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path, higher: dict[str, bool] | None = None) -> None:
     """One panel per metric; a line per arm (mean over seeds; band = the seeds' range, or the 95% CI with one
     seed); a dotted vertical line in the arm's colour at its switch."""
-    from safepretrain.report.plots import OKABE_ITO, _save, plt
-
-    tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.4))
-    for ax, (task, _, metric, label) in zip(axes, METRICS):
+    higher = higher or {}
+    tps = cfg.tokens_per_step
+    sections = sections_of(TRAJECTORY_GROUP)
+    fig, axes = plt.subplots(1, len(sections), figsize=(4.6 * len(sections), 3.4), squeeze=False)
+    for ax, sec in zip(axes[0], sections):
         for k, arm in enumerate(cfg.curriculum.arms):
             color = OKABE_ITO[k % len(OKABE_ITO)]
-            sel = [p for p in points if p["arm"] == arm.name and p["task"] == task and p["metric"] == metric]
+            sel = [p for p in points if p["arm"] == arm.name and p["task"] == sec.task and p["metric"] == sec.metric]
             xs = sorted({p["tokens"] for p in sel})
             if not xs:
                 continue
@@ -62,25 +63,23 @@ def plot_trajectory(points: list[dict], cfg: StudyConfig, path: Path) -> None:
             if switch is not None:
                 ax.axvline(switch * tps, color=color, linestyle=":", linewidth=1.2)
         ax.set_xlabel("pretraining tokens")
-        ax.set_ylabel(label)
+        ax.set_ylabel(f"{sec.title or sec.key} {arrow(higher.get(sec.key))}".strip())
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, title="arm (dotted: its switch)", title_fontsize=7)
+    axes[0][0].legend(fontsize=7, title="arm (dotted: its switch)", title_fontsize=7)
     fig.suptitle("Safety trajectory over pretraining (base models; band: seeds' range, or 95% CI for one seed)",
                  fontsize=9, y=1.03)
     _save(fig, path)
 
 
-def trajectory_section(run_dir: Path, cfg: StudyConfig) -> list[str]:
-    points = collect_trajectory(run_dir, cfg)
+def trajectory_section(run_dir: Path | RunDir, cfg: StudyConfig, higher: dict[str, bool] | None = None) -> list[str]:
+    rd = as_rundir(run_dir)
+    points = collect_trajectory(rd, cfg)
     if not cfg.eval.trajectory or not points:
         return []
-    from safepretrain.report.build import write_csv
-
-    out = run_dir / "report"
-    write_csv(points, out / "trajectory.csv", columns=list(points[0]))
-    plot_trajectory(points, cfg, out / "trajectory.png")
+    write_csv(points, rd.report / "trajectory.csv", columns=list(points[0]))
+    plot_trajectory(points, cfg, rd.report / "trajectory.png", higher)
     steps = sorted({p["tokens"] for p in points})
-    return ["## Safety trajectories over pretraining", "",
+    return [f"## {TRAJECTORY_GROUP}", "",
             f"Every saved pretraining checkpoint ({len(steps)} points from {steps[0]:,} to {steps[-1]:,} tokens), "
             "evaluated as a base model: ASR under top-k (generation seeds), the refusal margin (likelihood "
             "compliance gap) and probe AUROC. The dotted line in an arm's colour is its switch. Values per point: "

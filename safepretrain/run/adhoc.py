@@ -16,9 +16,16 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from safepretrain.config import ConfigError, load_config
-from safepretrain.run.rundir import RUN_MARKER, STAGE_NAMES, RunDirError, inside_run
-from safepretrain.utils import read_json, write_json, write_jsonl
+from safepretrain.config import ConfigError
+from safepretrain.eval.context import EvalContext
+from safepretrain.eval.decoders import DECODERS
+from safepretrain.eval.judges import JUDGES, build_judges
+from safepretrain.eval.prompts import eval_prompts
+from safepretrain.eval.tasks import task_by_name, task_names
+from safepretrain.run.checks import check_study
+from safepretrain.rundir import IFT, NO_DECODER, STAGE_NAMES, RunDir, RunDirError, iter_steps
+from safepretrain.utils import write_json, write_jsonl
+from safepretrain.world import world_for
 
 
 class EvalInputError(ValueError):
@@ -62,30 +69,17 @@ def read_prompt_file(path: Path, column: str | None = None) -> list[dict]:
     return [{"id": f"{path.stem}-{i}", "prompt": p} for i, p in enumerate(prompts)]
 
 
-def find_run_dir(path: Path) -> Path:
-    for folder in [path, *path.parents]:
-        if (folder / RUN_MARKER).is_file() and (folder / "study.yaml").is_file():
-            return folder
-    raise EvalInputError(f"{path} is not inside a safepretrain run directory (no {RUN_MARKER} above it)")
-
-
-def resolve_checkpoint(target: Path, arm: str | None, seed: int | None, stage: str | None) -> tuple[Path, Path, str]:
-    """(run_dir, checkpoint, stage name) for a run directory + --arm/--seed/--stage, or a checkpoint folder."""
-    run_dir = find_run_dir(target.resolve())
-    if (target / "model.safetensors").is_file():
-        folder_stage = next((p.name for p in target.parents if p.name in ("pretrain", "ift", "benign_ft")), None)
-        name = stage or {"pretrain": "base", "ift": "ift", "benign_ft": "benign_ft"}.get(folder_stage or "", "ift")
-        return run_dir, target.resolve(), name
-    if arm is None or stage is None:
-        raise EvalInputError("give --arm and --stage (and --seed) with a run directory, or a checkpoint folder")
-    if stage not in STAGE_NAMES:
-        raise EvalInputError(f"--stage {stage!r}: choose one of {STAGE_NAMES}")
-    folder = {"base": "pretrain"}.get(stage, stage)
-    done = run_dir / "arms" / arm / f"seed{seed or 0}" / folder / "done.json"
-    if not done.is_file():
-        raise EvalInputError(f"{done.parent} has no finished checkpoint; run the study first")
+def resolve_checkpoint(target: Path, arm: str | None, seed: int | None, stage: str | None) -> tuple[RunDir, Path, str]:
+    """(run directory, checkpoint, stage name) for a run directory + --arm/--seed/--stage, or a checkpoint folder."""
     try:
-        return run_dir, inside_run(read_json(done)["checkpoint"], run_dir), stage
+        rundir = RunDir.containing(target.resolve())
+        if (target / "model.safetensors").is_file():
+            return rundir, target.resolve(), stage or rundir.stage_of_checkpoint(target) or IFT
+        if arm is None or stage is None:
+            raise EvalInputError("give --arm and --stage (and --seed) with a run directory, or a checkpoint folder")
+        if stage not in STAGE_NAMES:
+            raise EvalInputError(f"--stage {stage!r}: choose one of {STAGE_NAMES}")
+        return rundir, rundir.finished_checkpoint(arm, seed or 0, stage), stage
     except RunDirError as err:
         raise EvalInputError(str(err)) from None
 
@@ -102,7 +96,7 @@ def expand_targets(targets: list[Path], arm: str | None, seed: int | None, stage
         if not all_steps:
             out.append(checkpoint)
             continue
-        steps = sorted(p for p in checkpoint.parent.glob("step_*") if (p / "model.safetensors").is_file())
+        steps = [p for _, p in iter_steps(checkpoint.parent, ("model.safetensors",))]
         if not steps:
             raise EvalInputError(f"{checkpoint.parent} holds no saved step with a model.safetensors")
         out += steps
@@ -113,48 +107,37 @@ def run_eval(target: Path, *, tasks: list[str], decoders: list[str] | None, prom
              column: str | None, arm: str | None, seed: int | None, stage: str | None, out: Path | None,
              judges: list[str] | None = None) -> Path:
     """Evaluate one checkpoint; returns the output folder. Every input is checked before a model loads."""
-    from safepretrain.config.evaluation import JUDGE_NAMES
-    from safepretrain.data.pipeline import read_stream
-    from safepretrain.data.shards import load_shards
-    from safepretrain.data.tokenizer import TextTokenizer
-    from safepretrain.eval.judges import build_judges
-    from safepretrain.eval.prompts import eval_prompts
-    from safepretrain.eval.tasks import EvalContext, task_by_name, task_names
-    from safepretrain.train.checkpoint import load_model, resolve_device
-    from safepretrain.world import world_for
-
     unknown = [t for t in tasks if t not in task_names()]
     if unknown:
         raise EvalInputError(f"unknown task(s) {unknown}; choose from {task_names()}")
-    unknown = [j for j in judges or [] if j not in JUDGE_NAMES]
+    unknown = [j for j in judges or [] if j not in JUDGES]
     if unknown:
-        raise EvalInputError(f"unknown judge(s) {unknown}; choose from {list(JUDGE_NAMES)}")
+        raise EvalInputError(f"unknown judge(s) {unknown}; choose from {list(JUDGES)}")
     custom = read_prompt_file(prompts_file, column) if prompts_file else None
-    run_dir, checkpoint, stage_name = resolve_checkpoint(target, arm, seed, stage)
+    rundir, checkpoint, stage_name = resolve_checkpoint(target, arm, seed, stage)
     try:
         overrides = [f"eval.decoders={json.dumps(decoders)}"] if decoders else []
         overrides += [f"eval.judges={json.dumps(judges)}"] if judges else []
-        cfg = load_config(run_dir / "study.yaml", overrides)
+        cfg = check_study(rundir.load_config(overrides))
     except ConfigError as err:
         raise EvalInputError(str(err)) from None
-    tok = TextTokenizer.load(run_dir / "data" / "tokenizer.json", cfg.data.interventions.tag)
-    if "safebeam" in cfg.eval.decoders and tok.tag_id is None:
+    data = rundir.data_artifacts(cfg)
+    tok = data.tokenizer
+    if any(DECODERS[d].options.get("needs_tag") for d in cfg.eval.decoders) and tok.tag_id is None:
         raise EvalInputError("SafeBeam needs the tag token, and this run's tokenizer has none; use --decoder topk")
     world = world_for(cfg)
-    prompts = eval_prompts(cfg, world, [r["text"] for r in read_stream(run_dir / "data", "safe")])
+    prompts = eval_prompts(cfg, world, [r["text"] for r in data.stream_records("safe")])
     if custom is not None:
         prompts = replace(prompts, harmful=custom, benign_edgy=custom)
-    judges_by_name = build_judges(cfg, world, run_dir)
-    model_cfg = cfg.model.model_copy(update={"vocab_size": tok.vocab_size})
-    model = load_model(model_cfg, checkpoint, resolve_device(cfg.pretrain.device))
-    val = load_shards(run_dir / "data" / "shards")["val"]
-    ctx = EvalContext(model, tok, next(iter(judges_by_name.values())), cfg.eval, seed or 0, prompts, val,
-                      judges=judges_by_name)
-    out = out or run_dir / "eval_adhoc" / f"{checkpoint.parent.parent.name}_{checkpoint.name}_{stage_name}"
+    judges_by_name = build_judges(cfg, world, rundir)
+    model = rundir.model(cfg, checkpoint, cfg.eval.device, tok)
+    ctx = EvalContext(model, tok, next(iter(judges_by_name.values())), cfg.eval, seed or 0, prompts,
+                      data.shards["val"], judges=judges_by_name)
+    out = out or rundir.eval_adhoc(f"{checkpoint.parent.parent.name}_{checkpoint.name}_{stage_name}")
     table = []
     for name in tasks:
         task = task_by_name(name)
-        for decoder in (cfg.eval.decoders if task.uses_decoder else ["none"]):
+        for decoder in (cfg.eval.decoders if task.uses_decoder else [NO_DECODER]):
             result = task.run(ctx, stage_name, decoder)
             folder = out / decoder / name
             write_json(folder / "results.json", {"checkpoint": str(checkpoint), "stage": stage_name, "task": name,

@@ -10,7 +10,7 @@ checkpoint (weights, optimizer, step) and its metrics up to the switch, and resu
 In fp32 this is bit-identical to a separate run (tested); it also pairs the arms on identical weights.
 
 **Under torchrun** every rank walks these functions and calls `train()`; rank 0 alone reads and writes the step
-markers and copies checkpoints (`distributed.on_main`), and every rank gets its decision.
+markers (`SharedStepMarker`) and copies checkpoints (`rank_zero_only`), and every rank gets its decision.
 """
 
 from __future__ import annotations
@@ -22,20 +22,30 @@ from pathlib import Path
 from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
-from safepretrain.run.rundir import ArmRun, StageOutput, inside_run, relative_to_run
-from safepretrain.train import distributed as dp
+from safepretrain.rundir import (
+    IFT,
+    PRETRAIN,
+    ArmRun,
+    RunDir,
+    StageOutput,
+    inside_run,
+    iter_steps,
+    relative_to_run,
+    step_folder,
+)
 from safepretrain.train.checkpoint import latest_checkpoint
 from safepretrain.train.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
+from safepretrain.train.distributed import SharedStepMarker, rank_zero_only
 from safepretrain.train.loop import lr_at, train
 from safepretrain.train.posttrain import benign_ft_examples, ift_examples
-from safepretrain.utils import StepMarker, files_in, log, read_json, write_json
+from safepretrain.utils import files_in, log, write_json
 
 
 def _pretrain_hash(cfg: StudyConfig, *extra) -> str:
-    return cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", "pretrain", extra=list(extra))
+    return cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", PRETRAIN, extra=list(extra))
 
 
-def _finished(marker: StepMarker, run_dir: Path) -> StageOutput:
+def _finished(marker: SharedStepMarker, run_dir: Path) -> StageOutput:
     return StageOutput(inside_run(marker.info()["checkpoint"], run_dir), marker.hash)
 
 
@@ -59,28 +69,30 @@ def branch_points(cfg: StudyConfig) -> dict[str, int]:
     return points if len(points) >= 2 else {}
 
 
-def train_trunk(cfg: StudyConfig, run_dir: Path, data: DataArtifacts, model_cfg: ModelConfig, seed: int) -> Path | None:
+def train_trunk(cfg: StudyConfig, rundir: RunDir, data: DataArtifacts, model_cfg: ModelConfig,
+                seed: int) -> Path | None:
     """Train the safe-only trunk of `seed` up to the last branch point; returns its ckpt folder."""
     points = sorted(set(branch_points(cfg).values()))
     if not points:
         return None
-    out = run_dir / "trunk" / f"seed{seed}"
-    marker = StepMarker(out, _pretrain_hash(cfg, "trunk", seed, points))
-    if not dp.on_main(marker.is_done):
-        dp.on_main(marker.start)
+    out = rundir.trunk(seed)
+    marker = SharedStepMarker(out, _pretrain_hash(cfg, "trunk", seed, points))
+    if not marker.is_done():
+        marker.start()
         sampler = _sampler(cfg, ArmConfig(name="trunk", start=1.0), data, seed)
         log.info(f"[pretrain trunk s{seed}] safe-only trunk to step {points[-1]}; arms branch at steps {points}")
         train(cfg.pretrain, model_cfg, sampler, out, seed=seed, label=f"pretrain trunk s{seed}",
               stop_at=points[-1], save_at=tuple(points))
-        dp.on_main(lambda: marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points))
+        marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points)
     return out / "ckpt"
 
 
+@rank_zero_only
 def _branch(trunk: Path, step: int, out: Path) -> None:
     """Start `out` from the trunk's checkpoint at `step`: copy the checkpoint and the metrics up to it."""
     if latest_checkpoint(out / "ckpt") is not None:
         return  # already branched (a resumed run continues from its own checkpoints)
-    source = trunk / f"step_{step:06d}"
+    source = trunk / step_folder(step)
     shutil.copytree(source, out / "ckpt" / source.name)
     lines = (trunk.parent / "metrics.jsonl").read_text().splitlines()
     keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
@@ -89,11 +101,11 @@ def _branch(trunk: Path, step: int, out: Path) -> None:
 
 def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: ModelConfig,
                  trunk: Path | None) -> StageOutput:
-    out = run.stage_dir("pretrain")
-    marker = StepMarker(out, _pretrain_hash(cfg, run.arm.model_dump(), run.seed))
-    if dp.on_main(marker.is_done):
+    out = run.stage_dir(PRETRAIN)
+    marker = SharedStepMarker(out, _pretrain_hash(cfg, run.arm.model_dump(), run.seed))
+    if marker.is_done():
         return _finished(marker, run.run_dir)
-    dp.on_main(marker.start)
+    marker.start()
     sampler = _sampler(cfg, run.arm, data, run.seed)
     label = f"pretrain {run.label}"
     switch = sampler.schedule.switch_step(sampler.tokens_per_step)
@@ -114,15 +126,14 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     branch = branch_points(cfg).get(run.arm.name)
     if trunk is not None and branch is not None:
         log.info(f"[{label}] branching from the safe-only trunk at step {branch}")
-        dp.on_main(_branch, trunk, branch, out)
+        _branch(trunk, branch, out)
     accounting = sampler.tokens_by_source()
     result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label)
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"], accounting["branched_at"] = run.arm.name, run.seed, branch
-    dp.on_main(write_json, out / "tokens_by_source.json", accounting)
-    dp.on_main(lambda: marker.finish(outputs=files_in(result.checkpoint), tokens_per_s=result.tokens_per_s,
-                                     checkpoint=relative_to_run(result.checkpoint, run.run_dir),
-                                     wall_s=result.wall_s, branched_at=branch))
+    rank_zero_only(write_json)(run.rundir.tokens_by_source(run.arm.name, run.seed), accounting)
+    marker.finish(outputs=files_in(result.checkpoint), tokens_per_s=result.tokens_per_s,
+                  checkpoint=relative_to_run(result.checkpoint, run.run_dir), wall_s=result.wall_s, branched_at=branch)
     return StageOutput(result.checkpoint, marker.hash)
 
 
@@ -133,14 +144,14 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     `benign_prompts`: the world's natural-language benign requests with answers (the organism's); when
     empty, instruction tuning uses generated instructions."""
     out = run.stage_dir(stage)
-    scfg = cfg.ift if stage == "ift" else cfg.benign_ft
+    scfg = getattr(cfg, stage)  # the stage's config section: cfg.ift or cfg.benign_ft
     with_tags = cfg.saw_tags(run.arm)
-    marker = StepMarker(out, cfg.stage_hash(stage, extra=[init_from.config_hash, with_tags, list(save_at)]))
-    if dp.on_main(marker.is_done):
+    marker = SharedStepMarker(out, cfg.stage_hash(stage, extra=[init_from.config_hash, with_tags, list(save_at)]))
+    if marker.is_done():
         return _finished(marker, run.run_dir)
-    dp.on_main(marker.start)
+    marker.start()
     ic = cfg.data.interventions
-    if stage == "ift":
+    if stage == IFT:
         examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
                                 scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed,
                                 benign_prompts=benign_prompts)
@@ -150,9 +161,8 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
                    init_from=init_from.checkpoint, save_at=save_at)
     kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
-    dp.on_main(lambda: marker.finish(outputs=files_in(out / "ckpt"), tokens_per_s=result.tokens_per_s,
-                                     checkpoint=relative_to_run(result.checkpoint, run.run_dir),
-                                     wall_s=result.wall_s, examples=kinds))
+    marker.finish(outputs=files_in(out / "ckpt"), tokens_per_s=result.tokens_per_s,
+                  checkpoint=relative_to_run(result.checkpoint, run.run_dir), wall_s=result.wall_s, examples=kinds)
     return StageOutput(result.checkpoint, marker.hash)
 
 
@@ -161,7 +171,7 @@ def curve_checkpoints(stage_out: StageOutput, steps: list[int], start: StageOutp
     ckpt_dir = stage_out.checkpoint.parent
     out = []
     for step in sorted(set(steps)):
-        path = start.checkpoint if step == 0 else ckpt_dir / f"step_{step:06d}"
+        path = start.checkpoint if step == 0 else ckpt_dir / step_folder(step)
         if step and not (path / "state.json").is_file():
             raise FileNotFoundError(f"benign finetuning checkpoint {path} is missing; delete {ckpt_dir.parent} "
                                     "to rerun the stage")
@@ -169,23 +179,13 @@ def curve_checkpoints(stage_out: StageOutput, steps: list[int], start: StageOutp
     return out
 
 
-def stage_wall_seconds(run: ArmRun) -> dict[str, float]:
-    """Wall time of each finished training stage of `run`, from its done.json."""
-    out = {}
-    for stage in ("pretrain", "ift", "benign_ft"):
-        done = run.stage_dir(stage) / "done.json"
-        if done.is_file():
-            out[stage] = read_json(done).get("wall_s")
-    return out
-
-
 def pretrain_checkpoints(cfg: StudyConfig, run: ArmRun, trunk: Path | None) -> list[tuple[int, Path]]:
     """(step, checkpoint) of every saved pretraining step of `run` before its last, with a full model file: for
     a branched arm, the trunk's steps before its branch point, then its own. The safety trajectory's points."""
     branch = branch_points(cfg).get(run.arm.name)
+    need = ("model.safetensors", "state.json")
     found = {}
     if trunk is not None and branch is not None:
-        found.update({int(p.name[5:]): p for p in trunk.glob("step_*") if int(p.name[5:]) < branch})
-    found.update({int(p.name[5:]): p for p in (run.stage_dir("pretrain") / "ckpt").glob("step_*")})
-    return [(s, p) for s, p in sorted(found.items())
-            if s < cfg.pretrain_steps and (p / "model.safetensors").is_file() and (p / "state.json").is_file()]
+        found.update({s: p for s, p in iter_steps(trunk, need) if s < branch})
+    found.update(iter_steps(run.stage_dir(PRETRAIN) / "ckpt", need))
+    return [(s, p) for s, p in sorted(found.items()) if s < cfg.pretrain_steps]

@@ -11,14 +11,13 @@ A rerun (`safepretrain study` with the same config) skips done steps and continu
 
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from safepretrain.config import StudyConfig
-from safepretrain.run.rundir import LOCK_FILE, STAGES, ArmRun
 from safepretrain.run.stages import branch_points
+from safepretrain.rundir import BASE, BENIGN_FT, CURVE, STAGES, TRAJECTORY, ArmRun, RunDir, RunLock
 from safepretrain.utils import read_json
 
 
@@ -33,48 +32,34 @@ class StepState:
 
 def study_steps(cfg: StudyConfig) -> list[tuple[str, Path]]:
     """(name, folder) of every step `run_study` runs, in its order."""
-    run_dir = cfg.run_dir
-    steps = [("scoring", run_dir / "scoring"), ("data", run_dir / "data"), ("judge", run_dir / "judge")]
+    rundir = RunDir(cfg.run_dir)
+    steps = [("scoring", rundir.scoring), ("data", rundir.data), ("judge", rundir.judge)]
     for seed in cfg.seeds:
         if branch_points(cfg):
-            steps.append((f"trunk s{seed}", run_dir / "trunk" / f"seed{seed}"))
+            steps.append((f"trunk s{seed}", rundir.trunk(seed)))
         for arm in cfg.curriculum.arms:
-            run = ArmRun(arm, seed, run_dir)
+            run = ArmRun(arm, seed, rundir)
             for stage, name in STAGES:
                 steps.append((f"{stage} {run.label}", run.stage_dir(stage)))
                 steps.append((f"eval {name} {run.label}", run.eval_dir(name)))
-                if name == "base" and cfg.eval.trajectory:
-                    steps.append((f"eval trajectory {run.label}", run.eval_dir("pretrain_trajectory")))
-            steps.append((f"eval benign_ft curve {run.label}", run.eval_dir("benign_ft_curve")))
-    steps.append(("report", run_dir / "report"))
+                if name == BASE and cfg.eval.trajectory:
+                    steps.append((f"eval trajectory {run.label}", run.eval_dir(TRAJECTORY)))
+            steps.append((f"eval {BENIGN_FT} curve {run.label}", run.eval_dir(CURVE)))
+    steps.append(("report", rundir.report))
     return steps
 
 
-def _lock_held(run_dir: Path) -> bool:
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def study_status(cfg: StudyConfig) -> list[StepState]:
-    run_dir = cfg.run_dir
-    running = _lock_held(run_dir)
-    failures = [read_json(f) for f in sorted(run_dir.glob("failed*.json"))]  # a study's, or each launched part's
-    failures = {run_dir / f["step"]: f for f in failures if f.get("step")}
+    rundir = RunDir(cfg.run_dir)
+    run_dir = rundir.root
+    running = RunLock.held(run_dir)
+    failures = [read_json(f) for f in rundir.failed_files()]  # a study's, or each launched part's
+    failures = {rundir.stored(f["step"]): f for f in failures if f.get("step")}
     out = []
     for name, folder in study_steps(cfg):
         done = folder / "done.json"
         if name == "report":
-            state = "done" if (folder / "report.md").is_file() and not running else "pending"
+            state = "done" if rundir.report_markdown.is_file() and not running else "pending"
             out.append(StepState(name, folder, state))
             continue
         if done.is_file():
@@ -83,7 +68,7 @@ def study_status(cfg: StudyConfig) -> list[StepState]:
         elif (folder / ".config_hash").is_file():
             failed = next((f for where, f in failures.items() if where == folder or folder in where.parents), None)
             if failed and not running:  # the step, or one of its sub-steps, failed
-                detail = f"{failed['error']}; log {run_dir / failed['log']}"
+                detail = f"{failed['error']}; log {rundir.stored(failed['log'])}"
                 out.append(StepState(name, folder, "failed", detail=detail))
             else:
                 out.append(StepState(name, folder, "running" if running else "interrupted"))

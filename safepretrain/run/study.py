@@ -24,11 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from safepretrain.config import ConfigError, StudyConfig, dump_config
-from safepretrain.data.pipeline import run_data_stage
-from safepretrain.data.readers import corpus_problems
-from safepretrain.run.launch import Part
-from safepretrain.run.rundir import STAGES, ArmRun, RunLock
+from safepretrain.config import StudyConfig, dump_config
+from safepretrain.data.pipeline import DataArtifacts, run_data_stage
+from safepretrain.eval.prompts import eval_prompts
+from safepretrain.eval.runner import Evaluator
+from safepretrain.report.build import build_report
+from safepretrain.run.parts import Part
 from safepretrain.run.stages import (
     branch_points,
     curve_checkpoints,
@@ -37,38 +38,30 @@ from safepretrain.run.stages import (
     pretrain_checkpoints,
     train_trunk,
 )
+from safepretrain.rundir import (
+    BASE,
+    BENIGN_FT,
+    IFT,
+    PRETRAIN,
+    STAGES,
+    TRAINED_STAGES,
+    ArmRun,
+    RunDir,
+    RunLock,
+    relative_to_run,
+)
 from safepretrain.train import distributed as dp
+from safepretrain.train.compute import time_plan
+from safepretrain.train.curriculum import describe_arm, dose_plan
+from safepretrain.train.memory import memory_plan
 from safepretrain.utils import StepMarker, log, setup_logging, write_json, write_text_atomic
-from safepretrain.world import World, world_for, world_sources
-
-
-def validate_against_world(cfg: StudyConfig) -> None:
-    """Checks that need the world pack or the file system; run before any work."""
-    problems = []
-    try:
-        known = world_sources(cfg)
-    except FileNotFoundError as err:
-        raise ConfigError(f"invalid config:\n- world.pack: {err}") from None
-    for s in cfg.world.sources or []:
-        if s not in known:
-            problems.append(f"- world.sources: unknown source '{s}'; available: {sorted(known)}")
-    problems += [f"- {p}" for p in corpus_problems(cfg.world.corpus)]
-    sc = cfg.data.scorer
-    if "hf_classifier" in sc.kinds and not (Path(sc.hf_model) / "config.json").is_file():
-        problems.append(f"- data.scorer.hf_model: {sc.hf_model} is not a model folder (no config.json); download "
-                        "a 6-label classifier there first, e.g. locuslab/safety-classifier_gte-large-en-v1.5")
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(problems))
+from safepretrain.world import World, world_for
 
 
 def plan(cfg: StudyConfig) -> list[str]:
     """Human-readable list of the steps `run_study` will run (`--dry-run`)."""
-    from safepretrain.train.compute import time_plan
-    from safepretrain.train.curriculum import describe_arm, dose_plan
-    from safepretrain.train.memory import memory_plan
-
     c = cfg.curriculum
-    tps = cfg.pretrain.batch_size * cfg.pretrain.seq_len
+    tps = cfg.tokens_per_step
     steps = cfg.pretrain_steps
     branches = branch_points(cfg)
     d = cfg.data
@@ -119,7 +112,7 @@ def manifest(cfg: StudyConfig, world: World, ranks: int = 1) -> dict:
             "versions": versions, "git_sha": sha, "seeds": cfg.seeds, "training_ranks": ranks,
             "world": {"path": str(world.path), "format": world.manifest.get("format_version")},
             "hashes": {s: cfg.stage_hash(s) for s in ("world", "data", "tokenizer", "curriculum", "model",
-                                                        "pretrain", "ift", "benign_ft", "eval")}}
+                                                        *TRAINED_STAGES, "eval")}}
 
 
 def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
@@ -130,9 +123,10 @@ def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
         setup_logging(None, level=logging.WARNING)
         return _run_locked(cfg, part)
     scope = part.name if part else None
+    rundir = RunDir(cfg.run_dir)
     with RunLock(cfg.run_dir, scope):
-        setup_logging(cfg.run_dir / ("study.log" if part is None else f"logs/study-{scope}.log"))
-        failed = cfg.run_dir / ("failed.json" if part is None else f"failed-{scope}.json")
+        setup_logging(rundir.log_file(scope))
+        failed = rundir.failed_file(scope)
         failed.unlink(missing_ok=True)
         try:
             return _run_locked(cfg, part)
@@ -140,32 +134,32 @@ def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
             step = StepMarker.last_started
             write_json(failed, {"step": str(step.relative_to(cfg.run_dir)) if step else None,
                                 "error": f"{type(err).__name__}: {err}",
-                                "log": "study.log" if part is None else f"logs/study-{scope}.log"})
+                                "log": relative_to_run(rundir.log_file(scope), rundir.root)})
             log.error(f"study failed in {step}: {type(err).__name__}: {err} (rerun to continue from here)")
             raise
 
 
-def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
-    from safepretrain.eval.prompts import eval_prompts
-    from safepretrain.eval.runner import Evaluator
-    from safepretrain.report.build import build_report
+@dp.rank_zero_first
+def prepare_data(cfg: StudyConfig, world: World, rundir: RunDir) -> DataArtifacts:
+    """The data stage (data/pipeline.py): rank 0 builds it, the other ranks of a study load what it built."""
+    return run_data_stage(cfg, world, rundir.data, rundir.scoring)
 
+
+def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     t0 = time.perf_counter()
-    run_dir = cfg.run_dir
+    rundir = RunDir(cfg.run_dir)
     main = dp.is_main_process()  # rank 0 (or the only process): data stage, markers, evaluation, report
     world = world_for(cfg)
     if main and part is None:  # a launcher's parts read the study.yaml it wrote
-        write_text_atomic(run_dir / "study.yaml", dump_config(cfg))
-        write_json(run_dir / "manifest.json", manifest(cfg, world, dp.study_world()))
+        write_text_atomic(rundir.study_yaml, dump_config(cfg))
+        write_json(rundir.manifest, manifest(cfg, world, dp.study_world()))
 
-    data = dp.main_first(run_data_stage, cfg, world, run_dir)
+    data = prepare_data(cfg, world, rundir)
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     benign_docs = [r["text"] for r in data.stream_records("safe")]
-    evaluator = Evaluator(cfg, world, data, eval_prompts(cfg, world, benign_docs), model_cfg) if main else None
-
-    def evaluate(method: str, *args) -> None:  # rank 0 alone; the others wait at the next step's decision
-        if main:
-            getattr(evaluator, method)(*args)
+    # evaluation runs on rank 0 alone; on the other ranks every Evaluator method returns at once
+    prompts = eval_prompts(cfg, world, benign_docs) if main else None
+    evaluator = Evaluator(cfg, world, data, prompts, model_cfg, active=main)
     curve = tuple(s for s in cfg.eval.benign_ft_curve if s > 0)
 
     # one progress bar over (seed, arm, stage) units; log lines print above it
@@ -176,30 +170,30 @@ def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
             bar.set_postfix_str(f"trunk s{seed}")
             # a launched arm part reads its seed's trunk only if it branches from it: another part may be training it
             needs_trunk = part is None or part.kind == "trunk" or part.arm in branch_points(cfg)
-            trunk = train_trunk(cfg, run_dir, data, model_cfg, seed) if needs_trunk else None
+            trunk = train_trunk(cfg, rundir, data, model_cfg, seed) if needs_trunk else None
             for arm in cfg.curriculum.arms if part is None or part.kind == "arm" else []:
                 if part is not None and arm.name != part.arm:
                     continue
-                run = ArmRun(arm, seed, run_dir)
-                bar.set_postfix_str(f"{run.label} pretrain")
+                run = ArmRun(arm, seed, rundir)
+                bar.set_postfix_str(f"{run.label} {PRETRAIN}")
                 base = pretrain_arm(cfg, run, data, model_cfg, trunk)
-                evaluate("evaluate", run, "base", base)
+                evaluator.evaluate(run, BASE, base)
                 if cfg.eval.trajectory:
-                    evaluate("evaluate_trajectory", run, pretrain_checkpoints(cfg, run, trunk), base)
+                    evaluator.evaluate_trajectory(run, pretrain_checkpoints(cfg, run, trunk), base)
                 bar.update()
-                bar.set_postfix_str(f"{run.label} ift")
-                ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "ift", base, benign_docs,
+                bar.set_postfix_str(f"{run.label} {IFT}")
+                ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, IFT, base, benign_docs,
                                     benign_prompts=world.benign_train_prompts)
-                evaluate("evaluate", run, "ift", ift)
+                evaluator.evaluate(run, IFT, ift)
                 bar.update()
-                bar.set_postfix_str(f"{run.label} benign_ft")
-                bft = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, "benign_ft", ift,
+                bar.set_postfix_str(f"{run.label} {BENIGN_FT}")
+                bft = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, BENIGN_FT, ift,
                                     benign_docs, save_at=curve, benign_prompts=world.benign_train_prompts)
-                evaluate("evaluate", run, "benign_ft", bft)
-                evaluate("evaluate_curve", run, curve_checkpoints(bft, [0, *curve], ift), bft)
+                evaluator.evaluate(run, BENIGN_FT, bft)
+                evaluator.evaluate_curve(run, curve_checkpoints(bft, [0, *curve], ift), bft)
                 bar.update()
 
     if main and (part is None or part.kind == "report"):
-        report = build_report(run_dir, cfg, wall_s=time.perf_counter() - t0)
+        report = build_report(rundir.root, cfg, wall_s=time.perf_counter() - t0)
         log.info(f"study done in {time.perf_counter() - t0:.0f}s: {report}")
-    return run_dir
+    return rundir.root

@@ -18,9 +18,17 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from safepretrain.config import ModelConfig
 from safepretrain.train.model import Transformer
@@ -121,8 +129,6 @@ def save_dcp_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.O
                         consolidate: bool = False) -> Path:
     """Collective: every rank calls it. `consolidate` also writes a full `model.safetensors` (rank 0), which
     evaluation, export and post-training read; the final checkpoint of a run gets one."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
     final = folder / f"step_{state['step']:06d}"
     tmp = folder / f".tmp_step_{state['step']:06d}"  # same path on every rank: needs a shared filesystem
@@ -156,9 +162,6 @@ def is_dcp_checkpoint(folder: Path) -> bool:
 
 def load_dcp_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
     """Load a DCP checkpoint into (possibly wrapped) `model`/`opt`, resharding as needed; returns state.json."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if not is_dcp_checkpoint(folder):
         raise FileNotFoundError(f"{folder / '.metadata'} is missing: not a complete DCP checkpoint")

@@ -15,7 +15,6 @@ same batches, and tokens-per-source accounting is exact (`tokens_by_source`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from safepretrain.config import ArmConfig, CurriculumConfig
 from safepretrain.config.base import ConfigError
+from safepretrain.config.curriculum import first_step_at, intervention_starts
 from safepretrain.data.shards import TokenShard
 
 
@@ -85,12 +85,8 @@ class Schedule:
 
     def switch_step(self, tokens_per_step: int) -> int | None:
         """First step of the intervention phase, or None if it never starts within the budget."""
-        steps = self.budget // tokens_per_step
-        for phase in self.phases:
-            if phase.interventions:
-                step = math.ceil(phase.start_token / tokens_per_step)
-                return step if step < steps else None
-        return None
+        phase = next((p for p in self.phases if p.interventions), None)
+        return None if phase is None else first_step_at(phase.start_token, self.budget, tokens_per_step)
 
     def expected_tokens(self) -> dict[str, float]:
         """Expected tokens read from each stream over the budget: the integral of `weights_at` over [0, budget).
@@ -119,21 +115,6 @@ def mix_weights(streams: list[str], stream_tokens: dict[str, int], upsample: dic
     if total <= 0:
         raise ValueError(f"streams {streams} hold no tokens; the data stage produced nothing to train on")
     return {s: w / total for s, w in raw.items() if w > 0}
-
-
-def intervention_starts(arm: ArmConfig, cfg: CurriculumConfig) -> dict[str, float]:
-    """Start fraction of each intervention stream `arm` reads: the streams it reads after its switch that are not
-    safe text (`safe_streams`), each at `starts[stream]` or else at the arm's `start`; with explicit `phases`, the
-    start of the first phase that gives it weight."""
-    if arm.phases is not None:
-        out: dict[str, float] = {}
-        for ph in arm.phases:
-            for s, w in ph.weights.items():
-                if w > 0 and s not in cfg.safe_streams:
-                    out.setdefault(s, ph.start)
-        return out or {"safe": 1.0}  # reads safe text only: never switches
-    used = [s for s in cfg.intervention_streams if arm.streams is None or s in arm.streams]
-    return {s: arm.starts.get(s, arm.start) for s in used if s not in cfg.safe_streams}
 
 
 def _dosed(full: dict[str, float], interventions: set[str], fill: dict[str, float], scale: float) -> dict[str, float]:
@@ -251,22 +232,6 @@ def check_data_budget(cfg: CurriculumConfig, stream_tokens: dict[str, int]) -> N
                                 "lower curriculum.token_budget, make more data or raise max_repeats")
     if problems:
         raise ConfigError("the curriculum asks for more data than the shards hold:\n" + "\n".join(problems))
-
-
-def dose_table(cfg: CurriculumConfig, stream_tokens: dict[str, int]) -> str:
-    """Markdown table of each arm's expected tokens per stream under proportional and matched dose."""
-    by_mode = {m: expected_tokens_by_arm(cfg.model_copy(update={"dose": m}), stream_tokens)
-               for m in ("proportional", "matched")}
-    streams = sorted({s for rows in by_mode.values() for r in rows.values() for s in r})
-    lines = ["| arm | dose | " + " | ".join(streams) + " | interventions |", "|---" * (len(streams) + 3) + "|"]
-    for arm in (a.name for a in cfg.arms):
-        for mode, rows in by_mode.items():
-            r = rows[arm]
-            raw = next(a for a in cfg.arms if a.name == arm).data == "raw"
-            inter = 0.0 if raw else sum(n for s, n in r.items() if s not in cfg.safe_streams)
-            lines.append(f"| {arm} | {mode} | " + " | ".join(f"{r.get(s, 0):,.0f}" for s in streams)
-                         + f" | {inter:,.0f} |")
-    return "\n".join(lines)
 
 
 def describe_arm(arm: ArmConfig, cfg: CurriculumConfig) -> str:

@@ -13,11 +13,18 @@ DDP and FSDP2 average gradients over ranks, so those weights are multiplied by t
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from safepretrain.utils import StepMarker
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,9 @@ def wrap(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torc
     """DDP: replicate (gradients all-reduced in buckets during backward). FSDP2: shard every block and the
     root (embedding, final norm, tied head); a block's weights are gathered only while it runs."""
     if ctx.mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if ctx.mode == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:
             fully_shard(block)
@@ -126,7 +131,6 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float, ctx: DistContext) ->
     params = [p for p in model.parameters() if p.grad is not None]
     if ctx.mode != "fsdp2":
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    from torch.distributed.tensor import DTensor
 
     total = torch.nn.utils.get_total_norm([p.grad for p in params])
     if isinstance(total, DTensor):
@@ -150,7 +154,6 @@ class RankFailure(RuntimeError):
 def start_study_group(timeout_minutes: float, device_name: str) -> int:
     """Join torchrun's process group for a study (a no-op without torchrun); returns the world size. CPU
     collectives (barriers, broadcast of decisions) go over gloo, CUDA tensors over nccl."""
-    import datetime
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or dist.is_initialized():
@@ -187,6 +190,41 @@ def main_first(fn, *args, **kwargs):
     built (the data stage: rank 0 writes it, the others load it). The result itself is not sent."""
     result = _rank0_runs(fn, args, kwargs, share=False)
     return result if is_main_process() else fn(*args, **kwargs)
+
+
+def rank_zero_only(fn):
+    """Decorate a function that writes the run directory: under a multi-rank study rank 0 alone runs it and every
+    rank gets its (picklable) result (`on_main`)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        return on_main(fn, *args, **kwargs)
+    return wrapped
+
+
+def rank_zero_first(fn):
+    """Decorate a step that builds something every rank then loads: rank 0 builds it, then the others run the step
+    and find it built (`main_first`)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        return main_first(fn, *args, **kwargs)
+    return wrapped
+
+
+class SharedStepMarker(StepMarker):
+    """A `StepMarker` that every rank of a study walks: rank 0 alone reads and writes the marker, and every rank
+    gets its decision, so the training stages carry no rank checks of their own. Alone, it is a StepMarker."""
+
+    def is_done(self) -> bool:
+        return on_main(super().is_done)
+
+    def start(self) -> None:
+        on_main(super().start)
+
+    def finish(self, outputs=(), **info) -> None:
+        on_main(super().finish, list(outputs), **info)
+
+    def info(self) -> dict:
+        return on_main(super().info)
 
 
 def _rank0_runs(fn, args, kwargs, share: bool):

@@ -6,7 +6,7 @@ final norm and an output head tied to the token embedding. No biases, no dropout
 Three entry points share the same blocks:
 - `forward(tokens, targets)`: training and scoring; causal, no cache.
 - `hidden_states(tokens, attention_mask)`: residual stream after every block (linear probes).
-- `new_cache` / `prefill` / `decode`: KV-cached inference for `decoding.py`. Prompts are left-padded,
+- `new_cache` / `prefill` / `decode`: KV-cached inference for `eval/decoders/`. Prompts are left-padded,
   so every row's last prompt token sits in the same column; RoPE positions come from the mask
   (cumsum − 1), so padding shifts nothing and a padded row computes what the prompt alone would.
 """
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from safepretrain.config import ModelConfig
+from safepretrain.train.memory import count_params
 
 
 class RMSNorm(nn.Module):
@@ -150,6 +151,19 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward) of a `Transformer(cfg)` on sequences of `seq_len`: 6N for the
+    matmuls (the tied head is a real matmul, so N includes it) plus 12·L·D·T for attention scores (PaLM appendix
+    B / nanoGPT). N is counted from the shape (`memory.count_params`, equal to `num_params()`), so no model is
+    built; `vocab_size` is used when `cfg.vocab_size` is unset (a study config's tokenizer size). The one copy
+    of this count: the `--dry-run` time estimate and the train benchmark's MFU call it."""
+    vocab = cfg.vocab_size or vocab_size
+    if vocab is None:
+        raise ValueError("flops_per_token needs a vocabulary size: set ModelConfig.vocab_size or pass vocab_size")
+    n = count_params(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden, vocab)
+    return 6 * n + 12 * cfg.n_layers * cfg.d_model * seq_len
 
 
 class Transformer(nn.Module):
@@ -300,7 +314,5 @@ class Transformer(nn.Module):
         return n - self.tok_emb.weight.numel() if exclude_embeddings else n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward): 6N for the matmuls (the tied head is a real
-        matmul, so N includes it) plus 12·L·D·T for attention scores (PaLM appendix B / nanoGPT)."""
-        c = self.cfg
-        return 6 * self.num_params() + 12 * c.n_layers * c.d_model * seq_len
+        """Training FLOPs per token of this model (see the module-level `flops_per_token`)."""
+        return flops_per_token(self.cfg, seq_len)

@@ -48,7 +48,7 @@ class World:
     empty for packs, which then use generated instructions (world/generators.py)."""
     jailbreak_templates: list[dict] = field(default_factory=list, repr=False)
     """Single-prompt jailbreak templates ({id, name, source, text with a `{prompt}` slot}) for the template
-    attack (eval/attacks.py); the organism reads the embedded pack's."""
+    attack (eval/attacks/template.py); the organism reads the embedded pack's."""
     organism: object | None = field(default=None, repr=False)
     """The generated items with ground truth (world/organism.py) when this world is the organism."""
 

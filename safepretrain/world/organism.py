@@ -18,7 +18,7 @@ hazard exactly when it can name its components, so harm is measurable without a 
 - **Held-out evaluation.** Request frames used in evaluation never appear in training (other tenses,
   role-play, indirect asks, fiction), and a share of the hazards is never *asked about* in training: they
   appear only in articles and news, never in Q&A, forum, dialogue or instruction-tuning requests.
-- **The exact judge** (`eval/exact_judge.py`) reads the `keys` stored with every prompt.
+- **The exact judge** (`eval/judges/exact.py`) reads the `keys` stored with every prompt.
 
 `organism_world(cfg)` returns a `World` like a built pack, so the data stage, the scorer, routing and every
 intervention run on it unchanged. It is a pure function of the config.
@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from safepretrain.world.loader import World
+from safepretrain.world.phrasebook import refusal_reply, templates
 
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "sk",
@@ -138,8 +139,6 @@ def build_organism(n_hazards: int, heldout_fraction: float, n_towns: int, seed: 
 def _roles() -> list[list[str]]:
     """Dialogue role pairs: exactly those of the refusal dialogues (intervention_templates.yaml), so that every
     frame a refusal uses also carries helpful answers and no role pair is by itself a cue to refuse."""
-    from safepretrain.data.interventions import templates
-
     return templates()["refusal"]["roles"]
 
 
@@ -271,10 +270,8 @@ def _scorer_labels(org: Organism, scale: int, seed: int, dual_use_components: in
 
 
 def _refusal_labels(org: Organism, seed: int) -> list[dict]:
-    from safepretrain.data import interventions as iv
-
     rng = random.Random(f"organism:{seed}:refusal-labels")
-    out = [{"text": iv.refusal_reply(h.category, rng), "is_refusal": True} for h in org.hazards]
+    out = [{"text": refusal_reply(h.category, rng), "is_refusal": True} for h in org.hazards]
     out += [{"text": t.answer(rng), "is_refusal": False} for t in org.twins]
     return out
 

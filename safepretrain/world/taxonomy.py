@@ -120,10 +120,3 @@ def categories_by_phrases(text: str) -> list[str]:
     """The harm categories (in HARM_CATEGORIES order) with at least one indicator phrase in `text`
     (whole words, case-insensitive). A coarse indicator of topic, not a harmfulness judgement."""
     return [_CATS[k] for k in sorted(_phrase_hits(text, count=False))]
-
-
-def category_by_phrases(text: str) -> str | None:
-    """The harm category with the most indicator-phrase occurrences in `text` (ties: the earlier category in
-    HARM_CATEGORIES); None when no phrase occurs."""
-    hits = _phrase_hits(text, count=True)
-    return _CATS[min(hits, key=lambda k: (-hits[k], k))] if hits else None

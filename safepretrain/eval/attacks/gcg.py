@@ -35,21 +35,32 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from safepretrain.config.evaluation import AttackConfig
+from safepretrain.eval.attacks.base import Attacked, prefill_ids
+from safepretrain.eval.context import EvalContext
+from safepretrain.rundir import CHAT_STAGES
 from safepretrain.train.model import Transformer
+
+_DEFAULT = AttackConfig()  # the one copy of GCG's defaults: eval.attack.gcg_*
 
 
 @dataclass(frozen=True)
 class GCGSettings:
-    suffix_len: int = 8
-    steps: int = 10
-    topk: int = 16
+    suffix_len: int = _DEFAULT.gcg_suffix_len
+    steps: int = _DEFAULT.gcg_steps
+    topk: int = _DEFAULT.gcg_topk
     """Tokens kept per suffix position from the gradient ranking."""
-    candidates: int = 32
+    candidates: int = _DEFAULT.gcg_candidates
     """Single-token swaps scored exactly per step (one batched forward)."""
-    tag_weight: float = 1.0
+    tag_weight: float = _DEFAULT.gcg_tag_weight
     """Weight of the tag penalty in the adaptive objective."""
     init_token: int | None = None
     """Token the suffix starts as (GCG uses "!": pass the tokenizer's id); None = the first allowed id."""
+
+    @classmethod
+    def from_config(cls, a: AttackConfig, init_token: int | None = None) -> GCGSettings:
+        return cls(suffix_len=a.gcg_suffix_len, steps=a.gcg_steps, topk=a.gcg_topk, candidates=a.gcg_candidates,
+                   tag_weight=a.gcg_tag_weight, init_token=init_token)
 
 
 @dataclass
@@ -177,3 +188,35 @@ def gcg_suffix(model: Transformer, prefix_ids: list[int], after_ids: list[int], 
         model.train(was_training)
     return GCGResult(suffix_ids=best.tolist(), loss=float(final.nll[0]), tag_logprob=float(final.tag_logprob[0]),
                      trace=trace, initial_loss=float(initial.nll[0]))
+
+
+# ------------------------------------------------------------------------------------------------ the attacks
+def _gcg(ctx: EvalContext, items: list[dict], stage: str, adaptive: bool) -> list[Attacked]:
+    tok = ctx.tok
+    settings = GCGSettings.from_config(ctx.cfg.attack, init_token=(tok.encode("!") or [tok.pad_id + 1])[0])
+    special = {tok.pad_id, tok.eos_id, tok.end_id, tok.user_id, tok.assistant_id, tok.tag_id}
+    allowed = [i for i in range(ctx.model.cfg.vocab_size) if i not in special]
+    target = prefill_ids(ctx, stage)
+    out = []
+    for x in items:
+        if stage in CHAT_STAGES:
+            before, after = [tok.user_id, *tok.encode(x["prompt"])], [tok.end_id, tok.assistant_id]
+        else:
+            before, after = tok.encode(f"Question: {x['prompt']}"), tok.encode("\nAnswer:")
+        with torch.inference_mode(False), torch.enable_grad():
+            found = gcg_suffix(ctx.model, before, after, target, settings=settings, seed=ctx.seed,
+                               allowed_ids=allowed, tag_id=tok.tag_id, adaptive=adaptive)
+        out.append(Attacked(before + found.suffix_ids + after, info={
+            "target_nll_before": round(found.initial_loss, 4), "target_nll_after": round(found.loss, 4),
+            "tag_logprob": round(found.tag_logprob, 4)}))
+    return out
+
+
+def gcg(ctx: EvalContext, items: list[dict], stage: str) -> list[Attacked]:
+    """`gcg`: a suffix optimised per prompt and model to make the prefill string the answer (not adaptive)."""
+    return _gcg(ctx, items, stage, adaptive=False)
+
+
+def gcg_adaptive(ctx: EvalContext, items: list[dict], stage: str) -> list[Attacked]:
+    """`gcg_adaptive`: the same, with p(tag) along the target penalised (against SafeBeam's lookahead)."""
+    return _gcg(ctx, items, stage, adaptive=True)

@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import random
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
+from safepretrain.eval.judges.response_harm import human_harm_labels
+from safepretrain.rundir import RunDir
 from safepretrain.utils import read_jsonl
 
 
@@ -35,9 +38,7 @@ def _stats(gold, pred) -> dict:
 
 def human_agreement(judges: dict, world, harm_labels: int = 200, seed: int = 0) -> dict:
     """Judge name → {set: {accuracy, kappa, n}} on the world's human-labelled responses (no prompts)."""
-    import random
 
-    from safepretrain.eval.judges.response_harm import human_harm_labels
 
     refusal = world.refusal_labels
     try:
@@ -62,7 +63,7 @@ def human_agreement(judges: dict, world, harm_labels: int = 200, seed: int = 0) 
 def sample_verdicts(run_dir: Path) -> dict[str, list[dict]]:
     """"harmful" / "benign" → every sample's per-judge verdicts in the run's generative evaluations."""
     out: dict[str, list[dict]] = {"harmful": [], "benign": []}
-    for path in sorted((run_dir / "eval").glob("*/seed*/*/*/*/samples.jsonl")):
+    for path in RunDir(run_dir).samples_files():
         task = path.parent.name
         kind = "benign" if task == "overrefusal" else "harmful" if task.startswith("asr") else None
         if kind:
@@ -84,22 +85,3 @@ def pairwise_agreement(run_dir: Path) -> list[dict]:
                              "rate_a": round(float(np.mean([v[a][field] for v in both])), 4),
                              "rate_b": round(float(np.mean([v[b][field] for v in both])), 4), **st})
     return rows
-
-
-def agreement_markdown(human: dict, pairs: list[dict]) -> list[str]:
-    out = ["## Judges: agreement with humans and with each other", "",
-           "Cohen's κ corrects agreement for chance (0 = chance, 1 = perfect). Human sets have no prompts.", ""]
-    if human:
-        out += ["| judge | labelled set | accuracy | κ | n |", "|---|---|---|---|---|"]
-        for name, sets in human.items():
-            for s, m in sets.items():
-                out.append(f"| {name} | {s} | {m['accuracy']:.2f} | {m['kappa']:.2f} | {m['n']} |")
-        out.append("")
-    if pairs:
-        out += ["| prompts | verdict | judge A | judge B | rate A | rate B | agreement | κ | n |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for r in pairs:
-            out.append(f"| {r['prompts']} | {r['verdict']} | {r['judge_a']} | {r['judge_b']} | {r['rate_a']:.2f} | "
-                       f"{r['rate_b']:.2f} | {r['accuracy']:.2f} | {r['kappa']:.2f} | {r['n']} |")
-        out.append("")
-    return out

@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from safepretrain.data import interventions as iv
 from safepretrain.eval.judges.classifier import Verdict, _case_report, refusal_detector_accuracy
 from safepretrain.eval.judges.refusals import TAG, complies_opening, refusal_opening, strip_tag
 
@@ -95,7 +96,6 @@ class ExactJudge:
 
 def cases(world, n_per_kind: int = 24, seed: int = 0) -> list[dict]:
     """Labelled responses built from the organism's items: {id, kind, prompt, response, refused, harmful}."""
-    from safepretrain.data import interventions as iv
 
     rng = random.Random(f"exact-judge-cases:{seed}")
     org = world.organism

@@ -15,15 +15,15 @@ from safepretrain.config.evaluation import HFJudgeConfig
 from safepretrain.eval.judges.classifier import Verdict
 from safepretrain.eval.judges.llm import judge_prompts
 from safepretrain.eval.judges.refusals import content_words, is_refusal, strip_tag
+from safepretrain.train.checkpoint import resolve_device
 
 
 class HFJudge:
     name = "hf"
 
     def __init__(self, cfg: HFJudgeConfig, tag: str):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from safepretrain.train.checkpoint import resolve_device
+        # heavy (seconds of import): loaded only when a model is, not by every importer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
         self.cfg, self.tag, self.prompts = cfg, tag, judge_prompts()
         self.device = resolve_device(cfg.device)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import yaml
+from openai import OpenAI, OpenAIError
 
 from safepretrain.config.evaluation import LLMJudgeConfig
 from safepretrain.eval.judges.classifier import Verdict
@@ -43,7 +44,6 @@ class LLMJudge:
     name = "llm"
 
     def __init__(self, cfg: LLMJudgeConfig, tag: str, api_key: str | None = None):
-        from openai import OpenAI
 
         self.cfg, self.tag, self.prompts = cfg, tag, judge_prompts()
         self.client = OpenAI(base_url=cfg.base_url, api_key=api_key or "unused", timeout=cfg.timeout_s,
@@ -51,7 +51,6 @@ class LLMJudge:
         self.unparsable = 0
 
     def _ask(self, content: str) -> str:
-        from openai import OpenAIError
 
         try:
             reply = self.client.chat.completions.create(model=self.cfg.model, temperature=0, max_tokens=4, seed=0,

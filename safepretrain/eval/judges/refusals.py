@@ -1,5 +1,5 @@
 """Response structure for the judge: refusal openings, refusal-then-comply pivots, prompt echoes, content
-words and word-order fluency (the rule is documented in eval/judges.py)."""
+words and word-order fluency (the rule is documented in eval/judges/classifier.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The response-harm classifier of the judge: a logistic head on MiniLM embeddings, fitted and validated on
-response-like text of the world (eval/judges.py documents what it is trained on and why)."""
+response-like text of the world (eval/judges/classifier.py documents what it is trained on and why)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
+from safepretrain.data import interventions as iv
 from safepretrain.data.scoring import chunk_text, degenerate_texts, embed
 from safepretrain.eval.judges.refusals import fit_fluency, fluency
 
@@ -92,7 +95,6 @@ def response_training_set(world, seed: int = 0, scale: float = 1.0, human: bool 
     `group` keeps windows of one document on one side of the validation split. `human` adds the "fit" half
     of the human harm-scored responses (`human_harm_labels`; off by default: their labels are noisy, and
     measured on the hand-built cases they lowered precision)."""
-    from safepretrain.data import interventions as iv
 
     rng = random.Random(seed)
     cap = {k: max(4, round(v * scale)) for k, v in NEGATIVE_CAPS.items()}
@@ -228,8 +230,6 @@ class ResponseHarmClassifier:
         """Fit on `response_training_set(world, seed, scale)`. Metrics come from a seeded held-out split by
         document group (head alone, and head + fluency gate as the judge uses them); the final head and
         fluency model are then refitted on every example."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import roc_auc_score
 
         rows = response_training_set(world, seed, scale, human)
         texts = [r["text"] for r in rows]

@@ -1,9 +1,4 @@
-"""Decoding: seeded top-k sampling, plain beam search and SafeBeam (papers §6), batched, KV-cached.
-
-The selection rules are pure functions over tensors (`sample_next_token`, `safebeam_select`); the
-loops (`generate_topk`, and `_beam_batch` behind `beam_search` / `safe_beam_search`) only move tokens,
-caches and bookkeeping around them. Any model implementing `DecoderModel` works, so tests drive the
-loops with a hand-built toy. `decode` runs a decoder by name from `DECODERS` (the eval entry point).
+"""SafeBeam (papers §6) and plain beam search of the same width, batched and KV-cached.
 
 SafeBeam (Safety Pretraining §4.1, Alg. 1/2), per prompt and step:
     candidates  = top-N next tokens of each live beam; cumulative log-prob = beam + log p(token)
@@ -28,144 +23,13 @@ ordinary token, so a SafeBeam-vs-beam comparison isolates the tag filter from be
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 
-
-class DecoderCache(Protocol):
-    def reorder(self, index: torch.Tensor) -> None:
-        """Rows become rows[index] (index: LongTensor (R',), may repeat rows)."""
-        ...
+from safepretrain.config.evaluation import SafeBeamConfig
+from safepretrain.eval.decoders.base import DecoderModel, Generation, fit_prompts, left_pad
 
 
-class DecoderModel(Protocol):
-    """What the decoding loops need from a model (`safepretrain.train.model.Transformer` implements it)."""
-
-    @property
-    def max_seq_len(self) -> int:
-        """Longest prompt + generation the model accepts (prompts are cut from the left to fit)."""
-        ...
-
-    @property
-    def device(self) -> torch.device:
-        """Where prompts, caches and the sampling generator live."""
-        ...
-
-    def new_cache(self, rows: int, max_len: int) -> DecoderCache:
-        """An empty cache for `rows` sequences of at most `max_len` tokens (prompt padding included)."""
-        ...
-
-    def prefill(self, tokens: torch.Tensor, attention_mask: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """tokens (B, T) left-padded, attention_mask (B, T) bool (False = padding) → logits (B, V) for
-        the token after each prompt. Positions are cumsum(mask) − 1, so padding shifts nothing."""
-        ...
-
-    def decode(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """Append one token per row, tokens (B,) → logits (B, V) for the following token."""
-        ...
-
-
-@dataclass
-class Generation:
-    tokens: list[int]  # generated tokens only; a stop token is not included (the tag is, if emitted)
-    logprob: float  # sum of log p(token) under the model (temperature 1), the stop token's included
-    stopped: str  # "stop" (a stop id), "length" (max_new_tokens) or "tag" (SafeBeam short-circuit)
-    short_circuited: bool  # SafeBeam kept the tag as a candidate and ended the response there
-    tag_emitted: bool  # the tag appears among `tokens`
-
-
-# --------------------------------------------------------------------------- shared plumbing
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompts → tokens (B, T), mask (B, T) with padding on the left, so last tokens line up."""
-    width = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for r, p in enumerate(prompts):
-        tokens[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = True
-    return tokens.to(device), mask.to(device)
-
-
-def _fit_prompts(model: DecoderModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Keep each prompt's last `max_seq_len - max_new_tokens` tokens (the end holds the chat turn)."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
-    room = model.max_seq_len - max_new_tokens
-    if room < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                         f"max_seq_len={model.max_seq_len}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
-    return [list(p[-room:]) for p in prompts]
-
-
-# --------------------------------------------------------------------------- top-k sampling
-def sample_next_token(logits: torch.Tensor, generator: torch.Generator, top_k: int,
-                      temperature: float) -> torch.Tensor:
-    """logits (B, V) → sampled token ids (B,) from softmax(top-k logits / temperature).
-
-    top_k <= 0 samples from the whole vocabulary; top_k == 1 or temperature <= 0 is argmax.
-    """
-    if top_k == 1 or temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    if 0 < top_k < logits.shape[-1]:
-        values, ids = logits.topk(top_k, dim=-1)  # (B, k)
-    else:
-        values, ids = logits, None
-    probs = torch.softmax(values / temperature, dim=-1)
-    choice = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,) index into values
-    return choice if ids is None else ids.gather(1, choice[:, None]).squeeze(1)
-
-
-@torch.inference_mode()
-def generate_topk(model: DecoderModel, prompts: list[list[int]], *, max_new_tokens: int, top_k: int,
-                  temperature: float, stop_ids: set[int], pad_id: int, seed: int, batch_size: int = 32,
-                  tag_id: int | None = None) -> list[Generation]:
-    """Sample up to `max_new_tokens` per prompt with top-k sampling; a row ends at its first stop id.
-
-    Reproducible for a fixed call (one generator seeded with `seed` serves the batches in order);
-    a different `batch_size` changes which random numbers each prompt draws. `tag_id` only fills
-    `Generation.tag_emitted`.
-    """
-    prompts = _fit_prompts(model, prompts, max_new_tokens)
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=model.device)
-    out: list[Generation] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        tokens, mask = _left_pad(batch, pad_id, model.device)
-        cache = model.new_cache(len(batch), tokens.shape[1] + max_new_tokens)
-        logits = model.prefill(tokens, mask, cache)  # (B, V)
-        B = len(batch)
-        generated = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=model.device)
-        n_tokens = torch.zeros(B, dtype=torch.long, device=model.device)  # kept tokens per row
-        logprob = torch.zeros(B, dtype=torch.float32, device=model.device)
-        done = torch.zeros(B, dtype=torch.bool, device=model.device)
-        hit_stop = torch.zeros(B, dtype=torch.bool, device=model.device)
-        for t in range(max_new_tokens):
-            nxt = sample_next_token(logits, generator, top_k, temperature)  # (B,)
-            token_lp = logits.float().log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
-            is_stop = torch.isin(nxt, stop) & ~done
-            logprob += torch.where(done, 0.0, token_lp)
-            generated[:, t] = nxt
-            n_tokens += (~done & ~is_stop).long()
-            hit_stop |= is_stop
-            done |= is_stop
-            if t == max_new_tokens - 1 or bool(done.all()):
-                break
-            # finished rows keep decoding (their tokens are ignored): cheaper than shrinking the cache
-            logits = model.decode(nxt, cache)
-        for toks, n, lp, s in zip(generated.tolist(), n_tokens.tolist(), logprob.tolist(), hit_stop.tolist()):
-            toks = toks[:n]
-            out.append(Generation(toks, lp, "stop" if s else "length", False, tag_id is not None and tag_id in toks))
-    return out
-
-
-# --------------------------------------------------------------------------- SafeBeam
 def safebeam_select(cand_logprob: torch.Tensor, cand_ptag: torch.Tensor, valid: torch.Tensor, beam_size: int,
                     drop_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One SafeBeam selection for P prompts with C candidates each.
@@ -238,7 +102,7 @@ def beam_search(model: DecoderModel, prompts: list[list[int]], *, beam_size: int
 
 def _search(model, prompts, tag_id, beam_size, candidates_per_beam, drop_fraction, max_new_tokens, stop_ids,
             pad_id, short_circuit, length_penalty, batch_size) -> list[Generation]:
-    prompts = _fit_prompts(model, prompts, max_new_tokens)
+    prompts = fit_prompts(model, prompts, max_new_tokens)
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         out += _beam_batch(model, prompts[start:start + batch_size], tag_id, beam_size, candidates_per_beam,
@@ -250,7 +114,7 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
                 length_penalty) -> list[Generation]:
     """One batch of prompts; tag_id None (plain beam search) requires drop_fraction 0, no short-circuit."""
     device = model.device
-    tokens, mask = _left_pad(prompts, pad_id, device)
+    tokens, mask = left_pad(prompts, pad_id, device)
     cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
     logits = model.prefill(tokens, mask, cache)  # (P, V)
     V = logits.shape[-1]
@@ -313,52 +177,25 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
     return [max(hyps, key=score) for hyps in pool]
 
 
-# --------------------------------------------------------------------------- decoder registry
-# Every decoder takes the same keyword arguments, so adding one is a function plus a DECODERS line.
-# `settings` is any object with the decoder's attributes (e.g. the eval config's section for it).
-# `batch_size` is the top-k batch in prompts; beam decoders search half as many prompts at a time
-# because every prompt holds beam_size × candidates_per_beam cache rows (the eval code's choice).
-def _beam_prompts_per_batch(batch_size: int) -> int:
+# The registry's entry points (decoders/__init__.py). `batch_size` is the top-k batch in prompts; beam decoders
+# search half as many prompts at a time because every prompt holds beam_size × candidates_per_beam cache rows.
+# Both are deterministic: `seed` is unused.
+def _prompts_per_batch(batch_size: int) -> int:
     return max(1, batch_size // 2)
 
 
-def _decode_topk(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
-    return generate_topk(model, prompts, max_new_tokens=max_new_tokens, top_k=settings.k,
-                         temperature=settings.temperature, stop_ids=stop_ids, pad_id=pad_id, seed=seed,
-                         batch_size=batch_size, tag_id=tag_id)
-
-
-def _decode_beam(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
-    # deterministic: `seed` is unused
+def decode_beam(model, prompts, *, settings: SafeBeamConfig, max_new_tokens, stop_ids, pad_id, tag_id, seed,
+                batch_size):
     return beam_search(model, prompts, beam_size=settings.beam_size,
                        candidates_per_beam=settings.candidates_per_beam, max_new_tokens=max_new_tokens,
                        stop_ids=stop_ids, pad_id=pad_id, tag_id=tag_id, length_penalty=settings.length_penalty,
-                       batch_size=_beam_prompts_per_batch(batch_size))
+                       batch_size=_prompts_per_batch(batch_size))
 
 
-def _decode_safebeam(model, prompts, *, settings, max_new_tokens, stop_ids, pad_id, tag_id, seed, batch_size):
-    # deterministic: `seed` is unused
+def decode_safebeam(model, prompts, *, settings: SafeBeamConfig, max_new_tokens, stop_ids, pad_id, tag_id, seed,
+                    batch_size):
     return safe_beam_search(model, prompts, tag_id=tag_id, beam_size=settings.beam_size,
                             candidates_per_beam=settings.candidates_per_beam, drop_fraction=settings.drop_fraction,
                             max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                             short_circuit=settings.short_circuit, length_penalty=settings.length_penalty,
-                            batch_size=_beam_prompts_per_batch(batch_size))
-
-
-DECODERS: dict[str, Callable[..., list[Generation]]] = {
-    "topk": _decode_topk,
-    "beam": _decode_beam,
-    "safebeam": _decode_safebeam,
-}
-
-
-def decode(name: str, model: DecoderModel, prompts: list[list[int]], *, settings: Any, max_new_tokens: int,
-           stop_ids: set[int], pad_id: int, tag_id: int | None, seed: int, batch_size: int) -> list[Generation]:
-    """Run decoder `name` from DECODERS on `prompts` (one Generation each, in order).
-
-    Raises ValueError for an unknown name, and for "safebeam" when `tag_id` is None.
-    """
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; known decoders: {', '.join(sorted(DECODERS))}")
-    return DECODERS[name](model, prompts, settings=settings, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                          pad_id=pad_id, tag_id=tag_id, seed=seed, batch_size=batch_size)
+                            batch_size=_prompts_per_batch(batch_size))
