@@ -4,7 +4,8 @@ inconclusive, and "no rise" claims only when the CI rules out a rise larger than
 import numpy as np
 
 from safepretrain.report.controls import control_checks, controls_markdown, controls_summary
-from safepretrain.report.findings import CLAIMS, ClaimSpec, decisive, evaluate_claims, findings_markdown, why
+from safepretrain.report.findings import CLAIMS, ClaimSpec, evaluate_claims
+from safepretrain.report.verdicts import decisive, findings_markdown, why
 
 ARMS = ("raw", "start_0", "start_20", "start_60", "safe_only")
 

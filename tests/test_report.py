@@ -5,7 +5,8 @@
 
 import numpy as np
 
-from safepretrain.report.build import curve_table, judge_quality_table, paired_differences, style_prior_caveat
+from safepretrain.report.build import curve_table, paired_differences, style_prior_caveat
+from safepretrain.report.provenance import judge_quality_table
 from safepretrain.report.sections import CURVE_GROUP, SECTIONS
 from safepretrain.rundir import BENIGN_FT, IFT
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from safepretrain.data.report_card import build_report_card, harm_phrases_markdown, phrase_category_rates
-from safepretrain.report.build import data_and_judge
+from safepretrain.report.provenance import data_and_judge
 from safepretrain.utils import write_jsonl
 from safepretrain.world.taxonomy import CATEGORY_PHRASES, HARM_CATEGORIES, categories_by_phrases
 

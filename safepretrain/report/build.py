@@ -16,12 +16,10 @@ findings section states, for each of the papers' claims, supported / contradicte
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from safepretrain.config import StudyConfig
-from safepretrain.data.report_card import REPORT_CARD
 from safepretrain.eval.stats import aligned_matrices, holm, index_records, paired_difference
 from safepretrain.report.controls import control_checks, controls_markdown, controls_summary
 from safepretrain.report.data import (
@@ -34,10 +32,11 @@ from safepretrain.report.data import (
     missing_evaluations,
     pooled_rows,
 )
-from safepretrain.report.findings import CLAIMS, evaluate_claims, findings_markdown, method_markdown
+from safepretrain.report.findings import CLAIMS, evaluate_claims
 from safepretrain.report.html import write_html_report
 from safepretrain.report.judges import gcg_effect, jailbreak_intro, judges_section
 from safepretrain.report.plots import plot_asr_vs_start, plot_headline, plot_probe_layers
+from safepretrain.report.provenance import data_and_judge, data_scale, tokens_table
 from safepretrain.report.sections import (
     CAPABILITY,
     CURVE_GROUP,
@@ -62,8 +61,8 @@ from safepretrain.report.sections import (
     sections_of,
 )
 from safepretrain.report.trajectory import trajectory_section
+from safepretrain.report.verdicts import findings_markdown, method_markdown
 from safepretrain.rundir import RunDir
-from safepretrain.train.model import Transformer
 from safepretrain.utils import log, read_json, write_csv, write_text_atomic
 from safepretrain.world import world_for
 
@@ -142,49 +141,6 @@ def curve_table(curve_pooled: list[dict], arms: list[str], section: Section, hig
     return out
 
 
-def data_scale(run_dir: Path | RunDir, cfg: StudyConfig) -> list[str]:
-    """Whether data or compute binds: unique tokens, how often the budget repeats them, tokens per parameter."""
-    rd = as_rundir(run_dir)
-    card = rd.data / REPORT_CARD
-    if not card.is_file():
-        return []
-    streams = read_json(card)["streams"]
-    unique = sum(streams.get(s, {}).get("tokens", 0) for s in cfg.curriculum.raw_streams)
-    vocab = rd.tokenizer(cfg).vocab_size
-    params = Transformer(cfg.model.model_copy(update={"vocab_size": vocab})).num_params()
-    budget = cfg.curriculum.token_budget
-    return [f"Unique tokens of the raw arm's data (streams {', '.join(cfg.curriculum.raw_streams)}): {unique:,}; "
-            f"pretraining budget per arm: {budget:,} tokens = {budget / max(unique, 1):.1f} passes over them; model: "
-            f"{params:,} parameters, {budget / params:.2f} training tokens per parameter.", ""]
-
-
-def tokens_table(run_dir: Path | RunDir, arms: list[str], seeds: list[int]) -> list[str]:
-    """Each arm's switch (step, learning rate, branch point), then its tokens per stream before / after it, in
-    tables of at most MAX_VALUE_COLUMNS - 1 streams."""
-    rd = as_rundir(run_dir)
-    recs, streams = {}, set()
-    for arm in arms:
-        for seed in seeds:
-            p = rd.tokens_by_source(arm, seed)
-            if p.exists():
-                recs[(arm, seed)] = read_json(p)
-                streams |= set(recs[(arm, seed)]["total"])
-    if not recs:
-        return []
-    out = md_table(["arm", "seed", "switch step", "LR at switch", "branched at"],
-                   ([arm, seed, r["switch_step"] if r["switch_step"] is not None else "never",
-                     f"{r['lr_at_switch']:.2e}" if r.get("lr_at_switch") is not None else "–",
-                     r.get("branched_at") or "–"] for (arm, seed), r in recs.items())) + [""]
-    cols, width = sorted(streams), MAX_VALUE_COLUMNS - 1
-    for i in range(0, len(cols), width):
-        part = cols[i:i + width]
-        out += ["Tokens per stream, before / after the switch:", ""] if i == 0 else []
-        out += md_table(["arm", "seed", *part],
-                        ([arm, seed, *(f"{r['before_switch'].get(s, 0):,} / {r['after_switch'].get(s, 0):,}"
-                                       for s in part)] for (arm, seed), r in recs.items())) + [""]
-    return out
-
-
 def probe_section(run_dir: Path | RunDir, pooled: list[dict], arms: list[str], higher: dict[str, bool]) -> list[str]:
     rd = as_rundir(run_dir)
     out = [f"## {PROBES}", ""] + group_tables(pooled, arms, PROBES, higher)
@@ -195,62 +151,6 @@ def probe_section(run_dir: Path | RunDir, pooled: list[dict], arms: list[str], h
                 + ", ".join(f"{r['metric'].removeprefix('baseline_')} {fmt_ci(r, 3)}" for r in b["rows"])
                 + ". A model probe shows learned structure only where it beats these and the random-init model.", ""]
     return out + ["![probe AUROC by layer](probe_auroc.png)", ""]
-
-
-def data_and_judge(run_dir: Path | RunDir) -> list[str]:
-    rd = as_rundir(run_dir)
-    if not (rd.data / REPORT_CARD).is_file():
-        return ["## Data and judge", "", "No data report card in this run (the data stage has not finished).", ""]
-    card = read_json(rd.data / REPORT_CARD)
-    sc = card["scorer"]
-    out = ["## Data and judge", "",
-           f"Documents scored: {sum(card['score_histogram'].get('(all)', {}).values())}; streams: "
-           + ", ".join(f"{s} {v['tokens']:,} tok" for s, v in card["streams"].items()) + ".",
-           f"Scorer (held-out labels): macro F1 {sc.get('f1_macro', float('nan')):.2f}, Recall@1 "
-           f"{sc.get('recall@1', float('nan')):.2f}, Recall@3 {sc.get('recall@3', float('nan')):.2f}.",
-           f"Rejected input records: {card['rejected']['total']}"
-           + (f" {card['rejected']['by_reason']}" if card["rejected"]["total"] else "") + "."]
-    cats = ((card.get("harm_phrases") or {}).get("categories") or {}).items()
-    top = sorted((kv for kv in cats if kv[1].get("docs_scored_ge1")), key=lambda kv: -kv[1]["share_scored_ge1"])[:3]
-    if top:
-        out.append("Top harm categories among documents scored >= 1 (phrase matching, a coarse indicator): "
-                   + ", ".join(f"{c} {v['share_scored_ge1']:.0%}" for c, v in top) + ".")
-    figure = (rd.data / REPORT_CARD).with_suffix(".png")
-    if figure.is_file():
-        out += ["", f"![data safety report card]({os.path.relpath(figure, rd.report)})"]
-    out.append("")
-    quality = rd.judge_quality_file
-    if quality.is_file():
-        out += judge_quality_table(read_json(quality)) + [""]
-    return out
-
-
-def judge_quality_table(q: dict) -> list[str]:
-    """Precision and recall of each judge verdict on labelled responses (judge/quality.json)."""
-    def cells(m: dict | None) -> list[str]:
-        if not m:
-            return ["–"] * 4
-        return [f"{m.get('precision', math.nan):.2f}", f"{m.get('recall', math.nan):.2f}",
-                f"{m.get('accuracy', math.nan):.2f}", str(m.get("n", "–"))]
-
-    rows = [["human-labelled refusals (world pack) · refusal", *cells(q.get("human_refusal"))],
-            ["same, text-only detector · refusal", *cells(q.get("human_refusal_text_only"))],
-            ["human harm ratings of responses · harmful", *cells(q.get("human_harm"))]]
-    cases = q.get("cases") or {}
-    if cases:
-        rows += [["hand-built tricky responses · refusal", *cells(cases.get("refusal"))],
-                 ["hand-built tricky responses · harmful compliance", *cells(cases.get("harmful_compliance"))]]
-    out = ["Judge quality (precision | recall | accuracy | n of each verdict on labelled responses):", "",
-           *md_table(["labelled set · verdict", "precision", "recall", "accuracy", "n"], rows)]
-    if cases:
-        out += ["", "Accuracy by kind of tricky response: " + ", ".join(
-            f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in cases.get("by_kind", {}).items()) + "."]
-    held = {k: v for k, v in (q.get("classifier") or {}).items() if isinstance(v, dict) and "precision" in v}
-    if held:
-        out += ["", "Response-harm classifier on a held-out split of its training data: " + "; ".join(
-            f"{k} precision {v['precision']:.2f}, recall {v['recall']:.2f} (n={v.get('n', '–')})"
-            for k, v in held.items()) + "."]
-    return out
 
 
 def heldout_hazard_section(records: list[dict], arms: list[str], cfg: StudyConfig, n_boot: int,
