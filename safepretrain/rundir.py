@@ -177,11 +177,43 @@ class StageOutput:
     config_hash: str  # chains every upstream input: a retrained stage invalidates everything after it
 
 
+class Under:
+    """A fixed path of a run directory, declared as a class attribute of `RunDir` (`data = Under("data")`); read on
+    an instance it is that run's path."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, rundir: RunDir | None, owner: type | None = None) -> Path:
+        if rundir is None:
+            return self  # type: ignore[return-value]  (the descriptor itself, on the class)
+        return rundir.root.joinpath(*self.parts)
+
+
 class RunDir:
     """Every path of one run directory, every glob over it, and loading what a checkpoint of it needs."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+
+    # ---- fixed paths (their place depends on no arm, seed, stage or part)
+    marker = Under(RUN_MARKER)
+    lock_file = Under(LOCK_FILE)
+    study_yaml = Under("study.yaml")
+    manifest = Under("manifest.json")
+    slurm_scripts = Under("launch", "slurm")
+    slurm_logs = Under("logs", "slurm")
+    scoring = Under("scoring")  # data/pipeline.py
+    data = Under("data")
+    scorer_eval = Under("scorer_eval")
+    judge = Under("judge")  # eval/judges
+    judge_agreement = Under("judge", "agreement")
+    judge_quality_file = Under("judge", "quality.json")  # the judges' precision / recall on labelled responses
+    human_agreement_file = Under("judge", "agreement", "agreement.json")  # each judge against human labels
+    baselines = Under("eval", "baselines")  # text-only probe baselines (eval/runner.py)
+    probe_baselines_file = Under("eval", "baselines", "results.json")
+    report = Under("report")
+    report_markdown = Under("report", "report.md")
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -199,25 +231,10 @@ class RunDir:
         """A path stored relative to the run (in its JSON files), as a path under this run directory."""
         return self.root / relative
 
-    # ---- files at the top
-    @property
-    def marker(self) -> Path:
-        return self.root / RUN_MARKER
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / LOCK_FILE
+    # ---- logs and locks of the study or of one launched part
 
     def scope_lock_file(self, scope: str) -> Path:
         return self.root / f"{LOCK_FILE}.{scope}"
-
-    @property
-    def study_yaml(self) -> Path:
-        return self.root / "study.yaml"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
 
     def log_file(self, scope: str | None = None) -> Path:
         """The study's log, or a launched part's."""
@@ -229,44 +246,7 @@ class RunDir:
     def failed_files(self) -> list[Path]:
         return sorted(self.root.glob("failed*.json"))
 
-    @property
-    def slurm_scripts(self) -> Path:
-        return self.root / "launch" / "slurm"
-
-    @property
-    def slurm_logs(self) -> Path:
-        return self.root / "logs" / "slurm"
-
-    # ---- the data stage, the judge, the trunk
-    @property
-    def scoring(self) -> Path:
-        return self.root / "scoring"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def judge(self) -> Path:
-        return self.root / "judge"
-
-    @property
-    def judge_agreement(self) -> Path:
-        return self.judge / "agreement"
-
-    @property
-    def judge_quality_file(self) -> Path:
-        """Precision and recall of the judges' verdicts on labelled responses (eval/judges)."""
-        return self.judge / "quality.json"
-
-    @property
-    def human_agreement_file(self) -> Path:
-        """Each judge against the world's human labels (eval/runner.py)."""
-        return self.judge_agreement / "agreement.json"
-
-    @property
-    def scorer_eval(self) -> Path:
-        return self.root / "scorer_eval"
+    # ---- the shared safe-only trunk
 
     def trunk(self, seed: int) -> Path:
         return self.root / "trunk" / f"seed{seed}"
@@ -297,15 +277,6 @@ class RunDir:
         """Evaluation outputs of the model after `stage` (base | ift | benign_ft, or the curve / trajectory)."""
         return self.root / "eval" / arm / f"seed{seed}" / stage
 
-    @property
-    def baselines(self) -> Path:
-        return self.root / "eval" / "baselines"
-
-    @property
-    def probe_baselines_file(self) -> Path:
-        """Text-only probe baselines on the probe's prompts and folds (eval/runner.py)."""
-        return self.baselines / "results.json"
-
     def eval_done_file(self, arm: str, seed: int, stage: str) -> Path:
         """The marker of a finished evaluation of one model (utils.StepMarker)."""
         return self.eval_dir(arm, seed, stage) / "done.json"
@@ -333,15 +304,6 @@ class RunDir:
 
     def done_files(self) -> list[Path]:
         return sorted(self.root.rglob("done.json"))
-
-    # ---- the report
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.report / "report.md"
 
     # ---- loading a checkpoint of this run
     def load_config(self, overrides: list[str] | None = None) -> StudyConfig:
