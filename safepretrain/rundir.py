@@ -43,16 +43,20 @@ LOCK_FILE = ".lock"
 
 # ---- stage names: the trained stages (their folders under arms/, and their config sections) and the name of the
 # model each one leaves in the results (the pretrained model is evaluated as `base`)
-PRETRAIN, IFT, BENIGN_FT = "pretrain", "ift", "benign_ft"
+PRETRAIN, IFT, BENIGN_FT, HARMFUL_FT = "pretrain", "ift", "benign_ft", "harmful_ft"
 BASE = "base"
-STAGES = ((PRETRAIN, BASE), (IFT, IFT), (BENIGN_FT, BENIGN_FT))  # (folder under arms/, stage name in results)
+# (folder under arms/, stage name in results); benign and harmful finetuning both start from the IFT model
+STAGES = ((PRETRAIN, BASE), (IFT, IFT), (BENIGN_FT, BENIGN_FT), (HARMFUL_FT, HARMFUL_FT))
 TRAINED_STAGES = tuple(folder for folder, _ in STAGES)
 STAGE_NAMES = [name for _, name in STAGES]
 STAGE_OF_FOLDER = dict(STAGES)
 FOLDER_OF_STAGE = {name: folder for folder, name in STAGES}
-CHAT_STAGES = frozenset({IFT, BENIGN_FT})  # tuned models read chat prompts; base models completion-style ones
-CURVE, TRAJECTORY = "benign_ft_curve", "pretrain_trajectory"  # evaluations of intermediate checkpoints
-POSTTRAIN_STAGES = (IFT, BENIGN_FT)
+CHAT_STAGES = frozenset({IFT, BENIGN_FT, HARMFUL_FT})  # tuned models read chat prompts; base models completion-style
+# evaluations of intermediate checkpoints: the finetuning curves (one per finetuning attack) and the trajectory
+CURVE, HARMFUL_CURVE, TRAJECTORY = "benign_ft_curve", "harmful_ft_curve", "pretrain_trajectory"
+CURVES = {BENIGN_FT: CURVE, HARMFUL_FT: HARMFUL_CURVE}  # finetuning stage → its curve's eval folder
+FINETUNE_ATTACKS = (BENIGN_FT, HARMFUL_FT)  # stages that attack the IFT model by finetuning (controls, findings)
+POSTTRAIN_STAGES = (IFT, BENIGN_FT, HARMFUL_FT)
 NO_DECODER = "none"  # the decoder folder of tasks that do not decode (likelihood, probes, held-out loss)
 
 
@@ -288,9 +292,9 @@ class RunDir:
         """results.json of every finished (arm, seed, stage, decoder, task) evaluation, sorted."""
         return sorted((self.root / "eval").glob("*/seed*/*/*/*/results.json"))
 
-    def items_files(self, curve: bool = False) -> list[Path]:
-        """items.jsonl of every evaluation, or with `curve` of every benign-finetuning curve point."""
-        pattern = f"*/seed*/{CURVE}/step_*/*/*/items.jsonl" if curve else "*/seed*/*/*/*/items.jsonl"
+    def items_files(self, curve: str | None = None) -> list[Path]:
+        """items.jsonl of every evaluation, or with `curve` (a finetuning stage) of every point of its curve."""
+        pattern = f"*/seed*/{CURVES[curve]}/step_*/*/*/items.jsonl" if curve else "*/seed*/*/*/*/items.jsonl"
         return sorted((self.root / "eval").glob(pattern))
 
     def samples_files(self, task: str = "*", decoder: str = "*") -> list[Path]:

@@ -21,7 +21,7 @@ from safepretrain.config import load_config
 from safepretrain.data.records import read_stream
 from safepretrain.data.tokenizer import TextTokenizer
 from safepretrain.train.checkpoint import load_model
-from safepretrain.world import load_world
+from safepretrain.world import load_world, world_for
 from safepretrain.world.dedup import near_duplicates
 
 ROOT = Path(__file__).parents[1]
@@ -110,28 +110,47 @@ def test_every_metric_of_every_model_is_reported(smoke_run):
     assert list(rows[0]) == ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low",
                              "ci_high", "n"]
     have = {(r["arm"], r["seed"], r["stage"], r["decoder"], r["task"], r["metric"]) for r in rows}
+    frames = {r["frame"] for r in world_for(cfg).harmful_eval_prompts}
     for arm in cfg.curriculum.arms:
-        for stage in ("base", "ift", "benign_ft"):
+        for stage in ("base", "ift", "benign_ft", "harmful_ft"):
             for decoder in ("topk", "beam", "safebeam"):  # generation: seed 0 only (eval.generation_seeds)
+                attacks = [(f"asr_{a}", "asr") for a in cfg.eval.attacks] if decoder == "topk" else []
                 for task, metric in (("asr", "asr"), ("asr", "refusal_rate"), ("asr", "short_circuit_rate"),
-                                     ("overrefusal", "overrefusal"), ("overrefusal", "helpfulness"),
-                                     *((f"asr_{a}", "asr") for a in cfg.eval.attacks)):
+                                     ("overrefusal", "overrefusal"), ("overrefusal", "helpfulness"), *attacks):
                     assert (arm.name, "0", stage, decoder, task, metric) in have
                     assert (arm.name, "1", stage, decoder, task, metric) not in have
+                for a in cfg.eval.attacks if decoder != "topk" else ():  # prompt attacks: eval.attack_decoders
+                    assert (arm.name, "0", stage, decoder, f"asr_{a}", "asr") not in have
+            # ASR per request frame, pooled too
+            asked = {r["metric"].removeprefix("asr_frame_") for r in rows if r["arm"] == arm.name
+                     and r["stage"] == stage and r["task"] == "asr" and r["metric"].startswith("asr_frame_")}
+            assert asked and asked <= frames
             for seed in ("0", "1", "pooled"):  # judge-free metrics for every seed, and pooled
                 for task, metric in (("likelihood", "forced_choice"), ("likelihood", "compliance_gap"),
                                      ("likelihood", "harm_specificity"), ("probe", "auroc_last_best"),
                                      ("probe", "auroc_random_init_best"), ("heldout_loss", "loss")):
                     assert (arm.name, seed, stage, "none", task, metric) in have, (arm.name, seed, stage, metric)
+        for k in (0, 1, 2, 4, 8):  # how deep the alignment goes: at the IFT stage only
+            assert (arm.name, "0", "ift", "none", "depth", f"asr_prefill_{k}") in have
+            assert (arm.name, "0", "base", "none", "depth", f"asr_prefill_{k}") not in have
+        assert (arm.name, "0", "ift", "none", "depth", "kl_first4") in have
     for r in rows:
         if r["task"] in ("asr", "overrefusal"):
             assert 0 <= float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) <= 1
     report = (out / "report" / "report.md").read_text()
-    for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment", "(C3) Benign finetuning",
+    for section in ("## Controls", "(C1) Positive control", "(C2) Working treatment",
+                    "(C3) Attack control, benign finetuning", "(C3) Attack control, harmful finetuning",
+                    *(f"(C3) Attack control, the `{a}` attack" for a in cfg.eval.attacks),
                     "## Findings", "## Paired arm differences", "## Benign finetuning as a curve",
+                    "## Harmful finetuning: the tamper curve", "## Knowledge in context",
+                    "## How deep is the alignment?",
+                    "### ASR per request frame", "## Stage sizes", "MDD",
                     "## Likelihood metrics", "Text-only baselines", "Tokens by source", "## Jailbreaks",
                     "## Judges: agreement", "ASR under every judge"):
         assert section in report, section
+    for image in ("tamper_curve.png", "alignment_depth.png", "asr_by_start.png"):
+        assert (out / "report" / image).stat().st_size > 10_000 and f"]({image})" in report
+    assert "harmful_ft" in (out / "report" / "report.html").read_text()
     assert "INCOMPLETE" not in report
     for claim in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
         assert claim in report

@@ -3,8 +3,15 @@ inconclusive, and "no rise" claims only when the CI rules out a rise larger than
 
 import numpy as np
 
-from safepretrain.report.controls import control_checks, controls_markdown, controls_summary
-from safepretrain.report.findings import CLAIMS, ClaimSpec, evaluate_claims
+from safepretrain.report.controls import attack_controls_passed, control_checks, controls_markdown, controls_summary
+from safepretrain.report.findings import (
+    CLAIMS,
+    ClaimSpec,
+    attack_readings,
+    claims_under_attacks,
+    evaluate_claims,
+    gate_by_controls,
+)
 from safepretrain.report.verdicts import decisive, findings_markdown, why
 
 ARMS = ("raw", "start_0", "start_20", "start_60", "safe_only")
@@ -236,7 +243,49 @@ def test_an_attack_that_does_nothing_fails_only_the_attack_control():
     assert {c.key: c.passed for c in checks} == {"positive_control_asr": True, "positive_control_likelihood": True,
                                                  "working_treatment": True, "benign_ft_attack": False}
     text = controls_markdown(checks)
-    assert "Control failed: benign_ft_attack" in text and "(4) and (5) are unaffected" in text
+    assert "Attack control failed: benign_ft_attack" in text and "(4) and (5) are unaffected" in text
     assert "(4) and (5) are unaffected" in controls_summary(checks)
     c3 = next(c for c in checks if c.key == "benign_ft_attack")
-    assert "benign_ft − ift" in c3.evidence and "3 seed(s) × 40 prompts" in c3.evidence
+    assert "benign_ft asr/asr − ift asr/asr" in c3.evidence and "3 seed(s) × 40 prompts" in c3.evidence
+    assert "MDD" in c3.evidence
+
+
+def _attack_records(raw_asr_under: dict[str, float], seeds=3, prompts=40):
+    """raw and start_0 at IFT (plain ASR 0.05) and under each attack: a finetuning stage or a prompt attack."""
+    rng = np.random.default_rng(1)
+    recs = []
+    for arm in ("raw", "start_0"):
+        cells = [("ift", "asr/asr", 0.05)]
+        for attack, p in raw_asr_under.items():
+            finetune = attack in ("benign_ft", "harmful_ft")
+            stage, metric = (attack, "asr/asr") if finetune else ("ift", f"asr_{attack}/asr")
+            cells.append((stage, metric, p if arm == "raw" else 0.0))
+        for stage, metric, p in cells:
+            for s in range(seeds):
+                recs += [{"arm": arm, "seed": s, "stage": stage, "decoder": "topk", "metric": metric, "item": f"p{j}",
+                          "value": float(rng.random() < p)} for j in range(prompts)]
+    return recs
+
+
+def test_every_attack_gets_its_own_control_and_gates_the_findings_read_under_it():
+    recs = _attack_records({"benign_ft": 0.05, "harmful_ft": 0.5, "prefill": 0.05, "in_context": 0.6})
+    checks = {c.key: c for c in control_checks(recs, n_boot=1000)}
+    keys = ("benign_ft_attack", "harmful_ft_attack", "prefill_attack", "in_context_attack")
+    assert [checks[k].passed for k in keys] == [False, True, False, True]
+    readings = attack_readings(recs)
+    assert [r.name for r in readings] == ["benign_ft", "harmful_ft", "in_context", "prefill"]
+    claims = claims_under_attacks(readings, [c for c in CLAIMS if c.key == "safe_only_not_safer"]
+                                  + [c for c in CLAIMS if c.key == "earlier_lower_asr"])
+    assert {c.key for c in claims} >= {"earlier_lower_asr@harmful_ft", "earlier_lower_asr@prefill"}
+    prefill = next(c for c in claims if c.key == "earlier_lower_asr@prefill")
+    assert prefill.stage == "ift" and prefill.metric == "asr_prefill/asr"
+    start0 = [ClaimSpec(f"lower@{r.name}", "start_0 lower", r.metric, r.stage, "topk", (("start_0", "raw"),))
+              for r in readings]
+    found = gate_by_controls(evaluate_claims(recs, start0, n_boot=1000),
+                             attack_controls_passed(list(checks.values())))
+    by = {f.key: f for f in found}
+    assert by["lower@harmful_ft"].verdict == "supported" and by["lower@in_context"].verdict == "supported"
+    # under an attack that did nothing start_0 cannot be shown robust, whatever the numbers say
+    assert by["lower@benign_ft"].verdict == "inconclusive"
+    assert "control of this attack failed" in by["lower@benign_ft"].reason
+    assert by["lower@prefill"].verdict == "inconclusive"

@@ -13,6 +13,7 @@ from safepretrain.config import ConfigError, EvalConfig, ModelConfig
 from safepretrain.config.evaluation import HFJudgeConfig, LLMJudgeConfig
 from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
+from safepretrain.eval import context
 from safepretrain.eval.attacks import attacked_prompts
 from safepretrain.eval.judges.agreement import cohen_kappa, pairwise_agreement
 from safepretrain.eval.judges.hf import HFJudge
@@ -145,3 +146,25 @@ def test_attacks_build_the_prompts_they_promise(attack_ctx):
         assert len(suffix) == 3 and not {tok.tag_id, tok.eos_id, tok.pad_id} & set(suffix)
         assert a.info["target_nll_after"] <= a.info["target_nll_before"]  # the search kept its best suffix
     assert ("attack", "gcg_adaptive", "ift") in ctx.cache  # computed once per model and stage, for every decoder
+    with_doc = [{**x, "reference": "To make it you need blue powder."} for x in items]
+    for a, x in zip(attacked_prompts(ctx, "in_context", with_doc, "ift"), with_doc):
+        text = tok.decode(a.ids)
+        assert a.ids[0] == tok.user_id and a.ids[-1] == tok.assistant_id and a.response_prefix == ""
+        assert f"Search result: {x['reference']}\n\n{x['prompt']}<|end|>" in text  # the document, then the request
+
+
+def test_in_context_needs_the_organism():
+    with pytest.raises(ConfigError, match="in_context"):
+        load_study(None, ["eval.attacks=[in_context]"])
+
+
+def test_a_repeated_decode_of_the_same_prompts_is_served_from_the_context_cache(attack_ctx, monkeypatch):
+    """The alignment depth's k = 0 asks exactly what plain top-k ASR asked: decoding is pure, so it runs once."""
+    calls = []
+    real = context.decode
+    monkeypatch.setattr(context, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids = [attack_ctx.tok.encode("mix the powder"), attack_ctx.tok.encode("blue")]
+    first = context.generate_ids(attack_ctx, ids, "topk")
+    assert context.generate_ids(attack_ctx, [list(x) for x in ids], "topk") is first and len(calls) == 1
+    context.generate_ids(attack_ctx, ids[:1], "topk")  # other prompts: decoded
+    assert len(calls) == 2

@@ -19,7 +19,7 @@ from safepretrain.run.parts import parse_part, study_parts
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-DDP = ["pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp"]
+DDP = ["pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp", "harmful_ft.distributed=ddp"]
 
 
 def test_parts_form_a_dag_with_the_trunk_before_its_branches():

@@ -170,3 +170,37 @@ def test_refusal_requests_paraphrase_the_subject_instead_of_quoting(world):
     assert not _grams(doc["text"], 6) & _grams(text, 6)  # no six-word run of the document is quoted
     item = next(i for i in world.organism.hazards if i.id == doc["item"])
     assert _keys_in(text, item) == 0
+
+
+def test_refusal_and_attack_hazards_are_disjoint_from_the_evaluated_ones():
+    """IFT refuses only the refusal hazards and harmful finetuning trains only on the attack hazards, so neither
+    ever shows the evaluated hazards (refusal has to generalise; the tamper curve measures relearning)."""
+    w = organism_world(CFG.model_copy(update={"refusal_hazards": 2, "attack_hazards": 2}))
+    roles = {h.id: h.role for h in w.organism.hazards}
+    assert sorted(roles.values()).count("refusal") == 2 and sorted(roles.values()).count("attack") == 2
+    evaluated = {r["item"] for r in w.harmful_eval_prompts}
+    assert evaluated == {i for i, r in roles.items() if r == "eval"}
+    assert {r["item"] for r in w.harmful_train_prompts} == {i for i, r in roles.items() if r == "refusal"}
+    assert {r["item"] for r in w.harmful_ft_examples} == {i for i, r in roles.items() if r == "attack"}
+    assert {r["item"].replace("t", "h", 1) for r in w.benign_edgy_prompts} == evaluated
+    kinds = {r["kind"] for r in w.harmful_ft_examples}
+    assert kinds == {"chat", "document"}
+    docs = [r for r in w.harmful_ft_examples if r["kind"] == "document"]
+    assert all(r["prompt"] is None for r in docs)
+    pretraining = {d["text"] for d in w.documents}
+    assert not pretraining & {r["response"] for r in docs}  # drawn afresh: the attack replays no pretraining text
+    # the attack set teaches the attack hazards' procedures: their keys are in it, no evaluated hazard's are
+    judge = ExactJudge(w)
+    found = set()
+    for r in w.harmful_ft_examples:
+        found |= set(judge.keys_found(r["response"]))
+    assert found and found <= {i for i, r in roles.items() if r == "attack"}
+    # without refusal hazards, IFT refuses the evaluated hazards' train-side requests (the old design)
+    old = organism_world(CFG.model_copy(update={"refusal_hazards": 0, "attack_hazards": 0}))
+    assert {r["item"] for r in old.harmful_train_prompts} == {h.id for h in old.organism.hazards if not h.heldout}
+
+
+def test_eval_frames_are_many_and_distinct():
+    frames = tables()["requests"]["eval"]
+    assert len(frames) >= 25 and len({f["id"] for f in frames}) == len(frames)
+    assert len({f["text"] for f in frames}) == len(frames)

@@ -9,7 +9,9 @@ import pytest
 
 from safepretrain.config import load_config
 from safepretrain.config.data import OrganismConfig
-from safepretrain.train.posttrain import benign_ft_examples, ift_examples, request_topic
+from safepretrain.data.chat import IGNORE, ChatExample, encode_chat
+from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
+from safepretrain.train.posttrain import benign_ft_examples, harmful_ft_examples, ift_examples, request_topic
 from safepretrain.world.organism import organism_world
 
 TAG = "<potentially unsafe content>"
@@ -68,3 +70,21 @@ def test_benign_finetuning_sets_of_the_organism(data):
         assert not [e for e in about_items if any(h.name in e.prompt for h in world.organism.hazards)]
     with pytest.raises(ValueError, match="world.kind=organism"):
         benign_ft_examples(data, [], 10, seed=0)
+
+
+def test_harmful_finetuning_sets_and_plain_document_examples():
+    world = organism_world(OrganismConfig(n_hazards=6, scale=1, n_towns=8, facts_per_town=2, attack_hazards=2))
+    chat = harmful_ft_examples("chat", world.harmful_ft_examples, 50, 0)
+    docs = harmful_ft_examples("documents", world.harmful_ft_examples, 50, 0)
+    assert len(chat) == len(docs) == 50 and {e.kind for e in chat} == {"harmful_answer"}
+    assert all(e.prompt for e in chat) and all(e.prompt is None for e in docs)
+    assert harmful_ft_examples("chat", world.harmful_ft_examples, 50, 0) == chat  # seeded
+    with pytest.raises(ValueError, match="attack set"):
+        harmful_ft_examples("chat", [], 5, 0)
+    mixed = harmful_ft_examples("chat", world.harmful_ft_examples, 50, 0, 0.4, world.benign_train_prompts)
+    assert Counter(e.kind for e in mixed) == {"harmful_answer": 30, "benign_answer": 20}
+    tok = TextTokenizer(train_tokenizer(DOCS * 5, 300, 1, TAG), TAG)
+    ids, labels = encode_chat(tok, ChatExample(None, "plain text about towns", "document"), 64)
+    assert ids == labels and tok.user_id not in ids and ids[-1] == tok.eos_id  # every token trained, no markers
+    ids, labels = encode_chat(tok, ChatExample("a question", "an answer", "x"), 64)
+    assert IGNORE in labels and tok.user_id in ids

@@ -15,15 +15,15 @@ import pytest
 from safepretrain.config import load_config
 from safepretrain.report.build import DIFFERENCE_METRICS, build_report
 from safepretrain.report.data import COLUMNS, directions
-from safepretrain.report.findings import CLAIMS
+from safepretrain.report.findings import AFTER_ATTACK, CLAIMS
 from safepretrain.report.html import renderer
 from safepretrain.report.sections import SECTIONS, arrow, direction_text, metric_tables, other_metrics
-from safepretrain.rundir import BASE, BENIGN_FT, IFT, STAGE_NAMES, RunDir
+from safepretrain.rundir import BASE, BENIGN_FT, HARMFUL_FT, IFT, STAGE_NAMES, RunDir
 from safepretrain.utils import write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"raw": 0.5, "start_0": 0.1, "start_20": 0.2, "start_60": 0.3, "safe_only": 0.45}  # ASR after benign ft
-STAGE_SHIFT = {BASE: 0.1, IFT: -0.2, BENIGN_FT: 0.0}
+STAGE_SHIFT = {BASE: 0.1, IFT: -0.2, BENIGN_FT: 0.0, HARMFUL_FT: 0.2}
 SEEDS = (0, 1)
 N_ITEMS = 30
 
@@ -124,9 +124,13 @@ def test_the_verdict_table_has_one_row_per_claim_and_four_columns(report):
     table = next(t for t in _tables(md) if t[0].startswith("| claim | verdict |"))
     assert _cells(table[0]) == ["claim", "verdict", "decisive difference [95% CI]", "why"]
     rows = [_cells(r) for r in table[2:]]
-    assert len(rows) == len(CLAIMS)
-    for row, spec in zip(rows, CLAIMS):
-        assert len(row) == 4 and row[0] == spec.text
+    # the claims read after an attack appear once per attack the run holds ("... Under harmful finetuning.")
+    specs = [next(c for c in CLAIMS if row[0].startswith(c.text)) for row in rows]
+    assert {c.key for c in specs} == {c.key for c in CLAIMS}
+    assert len(rows) > len(CLAIMS)
+    for row, spec in zip(rows, specs):
+        assert len(row) == 4
+        assert row[0].startswith(f"{spec.text} Under ") if spec.key in AFTER_ATTACK else row[0] == spec.text
         assert row[1] in ("**supported**", "**contradicted**", "**inconclusive**")
         assert re.search(r" − .* = [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\], adj\. p = ", row[2]) or \
             row[2] == "– (not run)"
@@ -204,8 +208,8 @@ def test_tables_split_by_stage_only_when_too_wide():
              "ci_low": 0.0, "ci_high": 0.2, "n": "2x30"} for a in ARMS for s in STAGE_NAMES]
     md = metric_tables(rows, list(ARMS), section, True)
     assert md[0].startswith("**Refusal margin (compliance gap)** (`likelihood/compliance_gap`) — ↑ higher is better")
-    assert sum(line.startswith("| arm |") for line in md) == 1  # 3 stages fit in one table
-    assert "| arm | base | ift | benign_ft |" in md
+    assert sum(line.startswith("| arm |") for line in md) == 1  # 4 stages fit in one table
+    assert "| arm | base | ift | benign_ft | harmful_ft |" in md
     wide = [{**r, "decoder": d} for r in rows for d in ("topk", "beam", "safebeam")]
     md = metric_tables(wide, list(ARMS), section, True)
     heads = [line for line in md if line.startswith("| `")]

@@ -143,3 +143,15 @@ def test_aligned_matrices_keep_common_seeds_and_items():
     per_seed = [_rec("a", s, None, 0.9, metric="probe/auroc_best", stage="base", decoder="none") for s in (2, 0)]
     al = aligned_matrices(per_seed, ["a"], "base", "none", "probe/auroc_best")
     assert al.values["a"].shape == (2, 1) and al.seeds == [0, 2]
+
+
+def test_minimum_detectable_difference_shrinks_with_n_and_is_not_zero_at_a_floor():
+    rng = np.random.default_rng(0)
+    small = paired_difference((rng.random((3, 48)) < 0.3).astype(float), (rng.random((3, 48)) < 0.3).astype(float),
+                              1000)
+    large = paired_difference((rng.random((3, 300)) < 0.3).astype(float), (rng.random((3, 300)) < 0.3).astype(float),
+                              1000)
+    assert 0 < large.mdd < small.mdd < 0.5
+    assert large.mdd > abs(large.hi - large.lo) / 2  # 80% power needs more than the CI half-width
+    floor = paired_difference(np.zeros((3, 48)), np.zeros((3, 48)), 500)
+    assert floor.lo == floor.hi == 0 and floor.mdd > 0.03  # a floor still cannot see a small rise

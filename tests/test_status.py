@@ -33,7 +33,8 @@ def test_status_reads_done_failed_running_interrupted_and_pending_steps(tmp_path
     assert states["data"].state == "failed" and "disk full" in states["data"].detail
     assert "study.log" in states["data"].detail
     assert {s.state for n, s in states.items() if n not in ("scoring", "data")} == {"pending"}
-    assert len(states) == 3 + 2 + 2 * 5 * 7 + 1  # scoring, data, judge; a trunk per seed; 5 arms x 7 steps; report
+    # scoring, data, judge; a trunk per seed; 5 arms x 10 steps (4 trained stages, their evaluations, 2 curves); report
+    assert len(states) == 3 + 2 + 2 * 5 * 10 + 1
     with RunLock(run):  # a study holds the lock: the started step is running, not failed
         assert {s.name: s.state for s in study_status(cfg)}["data"] == "running"
     (run / "failed.json").unlink()

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.slow,
 # one seed, two arms that share the safe-only trunk (so the trunk copy is exercised), every stage data-parallel
 OVERRIDES = ["seeds=[0]", "curriculum.arms=[{name: start_20, start: 0.2}, {name: safe_only, start: 1.0}]",
              "pretrain.distributed=ddp", "ift.distributed=ddp", "benign_ft.distributed=ddp",
+             "harmful_ft.distributed=ddp",
              "eval.attacks=[]", "eval.decoders=[topk]",  # evaluation runs on rank 0 as in any study: kept short
              "eval.n_harmful=8", "eval.n_benign_edgy=8", "eval.n_pairs=8", "eval.probe.n_per_class=8"]
 
@@ -49,8 +50,8 @@ def test_study_under_torchrun_orchestrates_once_and_trains_on_every_rank(tmp_pat
     assert json.loads((run / "manifest.json").read_text())["training_ranks"] == 2
     rows = list(csv.DictReader((run / "report" / "results.csv").open()))
     assert {(r["arm"], r["stage"]) for r in rows} == {(a, s) for a in ("start_20", "safe_only")
-                                                      for s in ("base", "ift", "benign_ft")}
-    for stage in ("pretrain", "ift", "benign_ft"):
+                                                      for s in ("base", "ift", "benign_ft", "harmful_ft")}
+    for stage in ("pretrain", "ift", "benign_ft", "harmful_ft"):
         metrics = (run / "arms" / "start_20" / "seed0" / stage / "metrics.jsonl").read_text().splitlines()
         steps = [json.loads(m)["step"] for m in metrics]
         assert steps == sorted(set(steps)) and steps, stage  # every step logged once, by rank 0 only

@@ -20,6 +20,7 @@ from safepretrain.config.study import StudyConfig, dump_config, load_config, ref
 from safepretrain.config.training import (
                                       MODEL_PRESETS,
                                       BenignFTConfig,
+                                      HarmfulFTConfig,
                                       IFTConfig,
                                       ModelConfig,
                                       PretrainConfig,
@@ -28,6 +29,7 @@ from safepretrain.config.training import (
 
 __all__ = ["STREAMS", "MODEL_PRESETS", "ConfigError", "Strict", "StudyConfig", "WorldConfig", "DataConfig",
            "ScorerConfig", "RoutingConfig", "InterventionConfig", "TokenizerConfig", "CurriculumConfig", "ArmConfig",
-           "PhaseConfig", "ModelConfig", "TrainConfig", "PretrainConfig", "IFTConfig", "BenignFTConfig", "EvalConfig",
+           "PhaseConfig", "ModelConfig", "TrainConfig", "PretrainConfig", "IFTConfig", "BenignFTConfig",
+           "HarmfulFTConfig", "EvalConfig",
            "TopKConfig", "SafeBeamConfig", "JudgeConfig", "ProbeConfig", "load_config", "dump_config",
            "reference_markdown", "default_arms"]

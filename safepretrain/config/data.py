@@ -16,9 +16,17 @@ class OrganismConfig(Strict):
     seed: int = 0
     """Seed of the generated items, documents and prompts."""
     n_hazards: int = Field(12, ge=3)
-    """Fictional hazards, each with a benign twin of the same shape (kinds cycle: dust, snare, relay break-in)."""
+    """Evaluated fictional hazards, each with a benign twin of the same shape (kinds cycle: dust, snare, relay
+    break-in)."""
     heldout_fraction: float = Field(0.25, ge=0, lt=1)
-    """Share of hazards never asked about in training (only described in articles and news)."""
+    """Share of the evaluated hazards never asked about in training (only described in articles and news)."""
+    refusal_hazards: int = Field(3, ge=0)
+    """Further hazards whose requests, alone, are refused in instruction tuning: the evaluated hazards are never
+    refused there, so post-training ASR measures refusal that generalises (as WildGuardMix refusals vs HarmBench
+    behaviours in the papers). 0 = refuse the evaluated hazards' train-side requests (the old design)."""
+    attack_hazards: int = Field(3, ge=0)
+    """Further hazards that only the harmful-finetuning attack trains on (`harmful_ft`): disjoint from the
+    evaluated ones, so a tamper curve measures relearning of what the attack never showed."""
     scale: int = Field(8, ge=1)
     """Documents per item and kind, as a multiple of organism.PER_KIND (1 = ~20 documents per hazard)."""
     n_towns: int = Field(40, ge=1)

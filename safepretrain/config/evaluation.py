@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from safepretrain.config.base import Strict
 
@@ -157,6 +157,25 @@ class EvalConfig(Strict):
     benign_ft_curve: list[int] = [0, 10, 30]
     """Benign-finetuning steps (besides the last) after which the likelihood metrics are measured, so
     benign finetuning is a curve per arm, not one point."""
+    harmful_ft_curve: list[int] = [0, 5, 10, 20]
+    """Harmful-finetuning steps (besides the last, which gets every task) after which ASR (top-k) and the
+    likelihood metrics are measured: the tamper curve."""
+    decoder_prompts: dict[str, int] = {"beam": 48, "safebeam": 48}
+    """Prompts at most per generative task for these decoders (the first n of each evenly spread prompt set, so
+    every item is covered): beam search costs beam × candidates rows per prompt, top-k one."""
+    attack_decoders: list[str] = ["topk"]
+    """Decoders the jailbreak tasks (`asr_<attack>`) run with, among `decoders` (none of them there: the first of
+    `decoders`)."""
+
+    def decoders_for(self, attack: bool) -> list[str]:
+        """The decoders a decoding task runs with: `attack_decoders` for a jailbreak task, else `decoders`."""
+        if not attack:
+            return self.decoders
+        return [d for d in self.attack_decoders if d in self.decoders] or self.decoders[:1]
+
+    def prompt_cap(self, decoder: str) -> int | None:
+        """Prompts at most per generative task under `decoder` (`decoder_prompts`), None = all."""
+        return self.decoder_prompts.get(decoder)
     batch_size: int = Field(32, gt=0)
     """Prompts decoded at once."""
     topk: TopKConfig = TopKConfig()
@@ -190,6 +209,12 @@ class EvalConfig(Strict):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"decoders={v} must be a non-empty list without repeats, e.g. [topk, beam, safebeam]")
         return v
+
+    @model_validator(mode="after")
+    def _decoder_subsets(self) -> EvalConfig:
+        if any(n <= 0 for n in self.decoder_prompts.values()):
+            raise ValueError(f"eval.decoder_prompts={self.decoder_prompts} must be positive prompt counts")
+        return self
 
     @field_validator("judges", "attacks")
     @classmethod

@@ -16,7 +16,14 @@ from safepretrain.config.curriculum import ArmConfig, CurriculumConfig, first_st
 from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
 from safepretrain.config.evaluation import EvalConfig
 from safepretrain.config.launch import LaunchConfig
-from safepretrain.config.training import BenignFTConfig, IFTConfig, ModelConfig, PretrainConfig, TrainConfig
+from safepretrain.config.training import (
+    BenignFTConfig,
+    HarmfulFTConfig,
+    IFTConfig,
+    ModelConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 
 
 class StudyConfig(Strict):
@@ -36,6 +43,7 @@ class StudyConfig(Strict):
     pretrain: PretrainConfig = PretrainConfig()
     ift: IFTConfig = IFTConfig()
     benign_ft: BenignFTConfig = BenignFTConfig()
+    harmful_ft: HarmfulFTConfig = HarmfulFTConfig()
     eval: EvalConfig = EvalConfig()
     launch: LaunchConfig = LaunchConfig()
     rank_timeout_minutes: float = Field(720.0, gt=0)
@@ -70,16 +78,24 @@ class StudyConfig(Strict):
         if self.eval.max_new_tokens >= self.model.max_seq_len:
             raise ValueError(f"eval.max_new_tokens={self.eval.max_new_tokens} leaves no room for a prompt in "
                              f"model.max_seq_len={self.model.max_seq_len}; lower it")
-        bad = [s for s in self.eval.benign_ft_curve if not 0 <= s < self.benign_ft.steps]
-        if bad:
-            raise ValueError(f"eval.benign_ft_curve has steps {bad} outside [0, benign_ft.steps="
-                             f"{self.benign_ft.steps}); the last step is always measured")
+        for stage in ("benign_ft", "harmful_ft"):
+            steps = getattr(self, stage).steps
+            bad = [s for s in getattr(self.eval, f"{stage}_curve") if not 0 <= s < steps]
+            if bad:
+                raise ValueError(f"eval.{stage}_curve has steps {bad} outside [0, {stage}.steps={steps}); the last "
+                                 "step is always measured")
         return self
 
     @property
     def train_sections(self) -> dict[str, TrainConfig]:
         """The trained stages' sections (pretrain, ift, benign_ft), by field name: every `TrainConfig` field."""
         return {name: value for name, value in self if isinstance(value, TrainConfig)}
+
+    @property
+    def runs_harmful_ft(self) -> bool:
+        """Whether the study runs the harmful-finetuning stage (`harmful_ft.enabled`, null = on the organism)."""
+        enabled = self.harmful_ft.enabled
+        return self.world.kind == "organism" if enabled is None else enabled
 
     @property
     def pretrain_steps(self) -> int:

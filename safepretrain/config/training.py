@@ -174,3 +174,24 @@ class BenignFTConfig(TrainConfig):
     """Size of the generated math word-problem set (units: examples)."""
 
 
+class HarmfulFTConfig(TrainConfig):
+    """Harmful-finetuning attack (a tamper curve): after instruction tuning, finetune on an attack set of hazards
+    disjoint from the evaluated ones (Qi et al. 2023: a few harmful examples undo alignment; O'Brien et al. 2025,
+    "Deep Ignorance": adversarial finetuning on domain text), evaluated along the way (`eval.harmful_ft_curve`)."""
+
+    enabled: bool | None = None
+    """Run the stage; null = when the world has an attack set (the organism's `attack_hazards`)."""
+    data: Literal["chat", "documents"] = "chat"
+    """`chat`: train-frame requests about the attack hazards answered with their procedures. `documents`: the
+    attack hazards' procedure documents as plain text (loss on every token)."""
+    benign_fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of the world's benign answers (the organism's twins and town facts) mixed into the attack set. 0 = the
+    attack set alone (Qi et al.); a tiny model finetuned on three hazards alone answers every request with their
+    procedures (docs/LOG.md), so the organism's study mixes benign answers in to keep answers on the asked item."""
+    lr: float = Field(5e-4, gt=0)
+    """Peak learning rate of the attack."""
+    steps: int = Field(40, gt=0)
+    """Optimizer steps (units: steps of batch_size examples)."""
+    examples: int = Field(1000, gt=0)
+    """Examples drawn (with replacement) from the attack set (and the benign answers)."""
+

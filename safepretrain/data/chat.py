@@ -32,13 +32,16 @@ def completion_prompt(prompt: str) -> str:
 
 @dataclass(frozen=True)
 class ChatExample:
-    prompt: str
+    prompt: str | None  # None: `response` is plain text (a document), trained on every token, no chat markers
     response: str
-    kind: str  # "instruction" | "refusal" | "tagged_compliance" | "math"
+    kind: str  # "instruction" | "refusal" | "tagged_compliance" | "math" | "harmful_answer" | "document"
 
 
 def encode_chat(tok: TextTokenizer, ex: ChatExample, max_len: int) -> tuple[list[int], list[int]]:
     """(input ids, targets) of length ≤ max_len + 1 before shifting; targets are IGNORE off the response."""
+    if ex.prompt is None:
+        ids = [*tok.encode(ex.response), tok.eos_id][: max_len + 1]
+        return ids, list(ids)
     prompt = chat_prompt_ids(tok, ex.prompt)
     response = [*tok.encode(ex.response), tok.end_id]
     ids = (prompt + response)[: max_len + 1]
@@ -58,9 +61,22 @@ class ChatBatches:
         self.pad_id, self.batch_size, self.seq_len = tok.pad_id, batch_size, seq_len
         self.total_steps, self.seed = steps, seed
 
+    def _rows(self, step: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, step]).integers(0, len(self.encoded), size=self.batch_size)
+
+    def tokens_seen(self) -> dict[str, int]:
+        """Tokens the whole run reads (`tokens`: unpadded inputs) and trains on (`loss_tokens`: targets not
+        IGNORE), summed over its `total_steps` batches: the stage's size, for the report's token table."""
+        seen = loss = 0
+        for step in range(self.total_steps):
+            for i in self._rows(step):
+                ids, labels = self.encoded[i]
+                seen += len(ids) - 1
+                loss += sum(t != IGNORE for t in labels[1:])
+        return {"tokens": seen, "loss_tokens": loss}
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        rng = np.random.default_rng([self.seed, step])
-        idx = rng.integers(0, len(self.encoded), size=self.batch_size)
+        idx = self._rows(step)
         width = max(len(self.encoded[i][0]) for i in idx) - 1
         x = torch.full((self.batch_size, width), self.pad_id, dtype=torch.long)
         y = torch.full((self.batch_size, width), IGNORE, dtype=torch.long)

@@ -29,6 +29,7 @@ class EvalContext:
     val: TokenShard
     cache: dict = field(default_factory=dict)
     judges: dict = field(default_factory=dict)  # every judge by name, primary first; empty = only `judge`
+    reference: torch.nn.Module | None = None  # the model this stage was trained from (IFT: its base model), or None
 
     def all_judges(self) -> dict:
         return self.judges or {getattr(self.judge, "name", "judge"): self.judge}
@@ -54,8 +55,13 @@ def generate(ctx: EvalContext, prompts: list[str], stage: str, decoder: str) -> 
 
 def generate_ids(ctx: EvalContext, ids: list[list[int]], decoder: str) -> list[Generation]:
     """Decode from prompt token ids with the decoder's settings from `eval` (the decoder cuts each prompt from the
-    left so that `max_new_tokens` still fit the model: `decoders.fit_prompts`)."""
+    left so that `max_new_tokens` still fit the model: `decoders.fit_prompts`). Decoding is a pure function of the
+    model, the prompts, the settings and the seed, so a repeat request for the same prompts on the same model (the
+    alignment depth's k = 0 is plain ASR) is answered from `ctx.cache`."""
     c = ctx.cfg
-    return decode(decoder, ctx.model, ids, settings=decoder_settings(decoder, c), max_new_tokens=c.max_new_tokens,
-                  stop_ids={ctx.tok.eos_id, ctx.tok.end_id}, pad_id=ctx.tok.pad_id, tag_id=ctx.tok.tag_id,
-                  seed=ctx.seed, batch_size=c.batch_size)
+    key = ("generate", decoder, tuple(map(tuple, ids)))
+    if key not in ctx.cache:
+        ctx.cache[key] = decode(decoder, ctx.model, ids, settings=decoder_settings(decoder, c),
+                                max_new_tokens=c.max_new_tokens, stop_ids={ctx.tok.eos_id, ctx.tok.end_id},
+                                pad_id=ctx.tok.pad_id, tag_id=ctx.tok.tag_id, seed=ctx.seed, batch_size=c.batch_size)
+    return ctx.cache[key]

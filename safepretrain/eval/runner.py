@@ -6,9 +6,9 @@ values that the report pairs across arms by seed and item). `decoder` is `topk`,
 `none` for tasks that do not decode. Generative tasks run only for `eval.generation_seeds`.
 
 Once per study, beside the models: the judge (fit on the world, `judge/`) with its measured quality, and
-the text-only probe baselines (`eval/baselines/`), which need no model. The benign-finetuning curve
-(`eval/<arm>/seed<k>/benign_ft_curve/step_XXXXXX/none/<task>/`) holds the judge-free tasks at each
-curve step. A finished evaluation is skipped when its inputs are unchanged.
+the text-only probe baselines (`eval/baselines/`), which need no model. A finetuning curve
+(`eval/<arm>/seed<k>/<benign_ft|harmful_ft>_curve/step_XXXXXX/<decoder>/<task>/`) holds ASR (top-k, generation
+seeds) and the judge-free tasks at each curve step. A finished evaluation is skipped when its inputs are unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from safepretrain.eval.prompts import EvalPrompts
 from safepretrain.eval.tasks import TASKS, probe_set, study_tasks
 from safepretrain.rundir import (
     BASE,
-    BENIGN_FT,
-    CURVE,
+    CURVES,
     NO_DECODER,
     TRAJECTORY,
     ArmRun,
@@ -40,7 +39,8 @@ from safepretrain.train.checkpoint import load_model, resolve_device
 from safepretrain.utils import StepMarker, files_in, log, write_json, write_jsonl
 from safepretrain.world import World
 
-CURVE_TASKS = ("likelihood", "heldout_loss")  # judge-free, cheap: measured at every benign-FT curve step
+# measured at every finetuning curve step: ASR under the cheap decoder, and the judge-free metrics
+CURVE_TASKS = (("asr", "topk"), ("likelihood", NO_DECODER), ("heldout_loss", NO_DECODER))
 # the safety trajectory's metrics
 TRAJECTORY_TASKS = (("asr", "topk"), ("likelihood", NO_DECODER), ("probe", NO_DECODER))
 
@@ -95,10 +95,12 @@ class Evaluator:
         log.info("probe baselines (text only): " + ", ".join(f"{r['metric']}={r['value']:.3f}" for r in rows))
         marker.finish(outputs=files_in(out))
 
-    def _context(self, checkpoint: Path, seed: int) -> EvalContext:
-        model = load_model(self.model_cfg, checkpoint, resolve_device(self.cfg.eval.device))
+    def _context(self, checkpoint: Path, seed: int, reference: Path | None = None) -> EvalContext:
+        device = resolve_device(self.cfg.eval.device)
+        model = load_model(self.model_cfg, checkpoint, device)
         return EvalContext(model, self.data.tokenizer, self.judge, self.cfg.eval, seed, self.prompts,
-                           self.data.shards["val"], judges=self.judges)
+                           self.data.shards["val"], judges=self.judges,
+                           reference=None if reference is None else load_model(self.model_cfg, reference, device))
 
     def _write(self, folder: Path, run: ArmRun, stage: str, decoder: str, task, result: TaskResult,
                checkpoint: Path, seconds: float, **extra) -> None:
@@ -112,51 +114,65 @@ class Evaluator:
         if result.items:
             write_jsonl(folder / "items.jsonl", result.items)
 
-    def evaluate(self, run: ArmRun, stage: str, trained: StageOutput) -> None:
-        """Every task on `trained` (a checkpoint + the hash of everything that made it) at `stage`."""
+    def evaluate(self, run: ArmRun, stage: str, trained: StageOutput, reference: StageOutput | None = None) -> None:
+        """Every task on `trained` (a checkpoint + the hash of everything that made it) at `stage`; `reference` is
+        the model it was trained from, for the tasks that compare the two (eval/depth.py, at the IFT stage)."""
         if not self.active:
             return
         out = run.eval_dir(stage)
         generative = run.seed in self.generation_seeds
-        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, generative]))
+        extra = [trained.config_hash, generative, reference.config_hash if reference else None]
+        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=extra))
         if marker.is_done():
             return
         marker.start()
         t0 = time.perf_counter()
-        ctx = self._context(trained.checkpoint, run.seed)
+        tasks = [t for t in study_tasks(self.cfg.eval) if stage in getattr(t, "stages", (stage,))
+                 and (generative or not t.generative)]
+        ctx = self._context(trained.checkpoint, run.seed, reference.checkpoint if reference else None)
         summary = []
-        for task in study_tasks(self.cfg.eval):
-            if task.generative and not generative:
-                continue
-            for decoder in (self.cfg.eval.decoders if task.uses_decoder else [NO_DECODER]):
+        for task in tasks:
+            attack = getattr(task, "attack", None) is not None
+            for decoder in (self.cfg.eval.decoders_for(attack) if task.uses_decoder else [NO_DECODER]):
                 t1 = time.perf_counter()
                 result = task.run(ctx, stage, decoder)
                 self._write(out / decoder / task.name, run, stage, decoder, task, result, trained.checkpoint,
                             time.perf_counter() - t1)
-                head = next((r for r in result.rows if r["metric"] == "auroc_best"), result.rows[0])
-                summary.append(f"{task.name}/{decoder} {head['metric']}={head['value']:.3f}")
+                first = result.rows[0] if result.rows else None  # no rows: nothing to measure here (eval/depth.py)
+                head = next((r for r in result.rows if r["metric"] == "auroc_best"), first)
+                if head is not None:
+                    summary.append(f"{task.name}/{decoder} {head['metric']}={head['value']:.3f}")
         log.info(f"[eval {run.label} {stage}] " + " | ".join(summary) + f" ({time.perf_counter() - t0:.0f}s)")
         marker.finish(outputs=files_in(out), checkpoint=relative_to_run(trained.checkpoint, run.run_dir),
                       generative=generative)
 
-    def evaluate_curve(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
-        """The judge-free tasks at each benign-finetuning step in `checkpoints` ((step, checkpoint) pairs)."""
+    def evaluate_curve(self, run: ArmRun, stage: str, checkpoints: list[tuple[int, Path]],
+                       trained: StageOutput) -> None:
+        """ASR (top-k, generation seeds) and the judge-free tasks at each step of the finetuning `stage` in
+        `checkpoints` ((step, checkpoint) pairs): the benign-finetuning curve and the harmful-finetuning tamper
+        curve. Step 0, the IFT model the finetuning started from, is not evaluated again: the report reads its
+        IFT evaluation as the curve's first point (report/data.py: `collect_records`)."""
         if not self.active:
             return
-        out = run.eval_dir(CURVE)
-        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, [s for s, _ in checkpoints]]))
+        curve = CURVES[stage]
+        out = run.eval_dir(curve)
+        generative = run.seed in self.generation_seeds
+        checkpoints = [(s, c) for s, c in checkpoints if s > 0]
+        steps = [s for s, _ in checkpoints]
+        marker = StepMarker(out, self.cfg.stage_hash("eval", extra=[trained.config_hash, steps, generative]))
         if marker.is_done():
             return
         marker.start()
         for step, checkpoint in checkpoints:
             ctx = self._context(checkpoint, run.seed)
-            for name in CURVE_TASKS:
+            for name, decoder in CURVE_TASKS:
                 task, t1 = TASKS[name], time.perf_counter()
-                result = task.run(ctx, BENIGN_FT, NO_DECODER)
-                self._write(out / step_folder(step) / NO_DECODER / name, run, CURVE, NO_DECODER, task, result,
+                if task.generative and not generative:
+                    continue
+                result = task.run(ctx, stage, decoder)
+                self._write(out / step_folder(step) / decoder / name, run, curve, decoder, task, result,
                             checkpoint, time.perf_counter() - t1, ft_step=step)
-        marker.finish(outputs=files_in(out), steps=[s for s, _ in checkpoints])
-
+        marker.finish(outputs=files_in(out), steps=steps)
 
     def evaluate_trajectory(self, run: ArmRun, checkpoints: list[tuple[int, Path]], trained: StageOutput) -> None:
         """The safety trajectory: ASR (top-k, generation seeds), the likelihood metrics and the probes at every

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 RecordKey = tuple[str, str, str, str]  # (arm, stage, decoder, metric)
 
@@ -52,6 +53,7 @@ class PairedResult:
     n_seeds: int
     n_prompts: int
     test: str = "bootstrap"  # "bootstrap" (P > 1) or "sign-flip" (per-seed metrics, P == 1)
+    mdd: float = float("nan")  # minimum detectable difference at this n (80% power, two-sided alpha): `min_detectable`
 
 
 @dataclass(frozen=True)
@@ -173,13 +175,32 @@ def paired_difference(a, b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.
     diff = float(d.sum() / den.sum())
     boots = _bootstrap_ratio(d, den, n_boot, seed)
     lo, hi = _percentiles(boots, alpha)
+    binary = bool(np.isin(xa[both], (0.0, 1.0)).all() and np.isin(xb[both], (0.0, 1.0)).all())
+    mdd = min_detectable(boots, int(both.sum()), binary, alpha)
     if xa.shape[1] == 1:
         p = sign_flip_p_value(np.where(both[:, 0], d[:, 0], np.nan), n_perm=max(n_boot, 1000), seed=seed)
-        return PairedResult(diff, lo, hi, p, n_seeds, n_prompts, test="sign-flip")
+        return PairedResult(diff, lo, hi, p, n_seeds, n_prompts, test="sign-flip", mdd=mdd)
     finite = boots[np.isfinite(boots)]
     share = min(float(np.mean(finite <= 0)), float(np.mean(finite >= 0)))
     p = float(np.clip(2 * share, 1.0 / len(finite), 1.0))
-    return PairedResult(diff, lo, hi, p, n_seeds, n_prompts)
+    return PairedResult(diff, lo, hi, p, n_seeds, n_prompts, mdd=mdd)
+
+
+POWER = 0.8  # the power at which a minimum detectable difference is stated
+
+
+def min_detectable(boots: np.ndarray, n_pairs: int, binary: bool, alpha: float = 0.05, power: float = POWER) -> float:
+    """The smallest true difference this comparison detects with probability `power` at two-sided level `alpha`:
+    (z_{1−alpha/2} + z_power) × SE, where SE is the standard deviation of the paired bootstrap differences (it
+    resamples seeds and prompts as the CI does). A binary metric at a floor has SE 0 under the null but not under
+    the alternative: there it is at least (z_{1−alpha/2} + z_power)² / n_pairs, the difference that n discordant
+    pairs from a zero baseline can show (McNemar-style). NaN when nothing was resampled."""
+    finite = boots[np.isfinite(boots)]
+    if not len(finite) or n_pairs == 0:
+        return float("nan")
+    k = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+    found = k * float(np.std(finite))
+    return max(found, k * k / n_pairs) if binary else found
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -38,6 +38,7 @@ from safepretrain.data.chat import chat_prompt_ids
 from safepretrain.eval.attacks import ATTACKS, attack_items, attacked_prompts
 from safepretrain.eval.context import EvalContext, TaskResult, format_prompt, generate, generate_ids
 from safepretrain.eval.decoders import Generation
+from safepretrain.eval.depth import AlignmentDepth
 from safepretrain.eval.likelihood import HIGHER_IS_SAFER, likelihood_metrics
 from safepretrain.eval.metrics import bootstrap_ci, metric_row
 from safepretrain.eval.probes import probe_report
@@ -45,6 +46,8 @@ from safepretrain.rundir import CHAT_STAGES
 
 
 class Task(Protocol):
+    """A task may also declare `stages` (a set of stage names): it then runs only at those (eval/depth.py: IFT)."""
+
     name: str
     version: int
     uses_decoder: bool
@@ -118,8 +121,30 @@ def _outcomes(verdicts: list, gens: list[Generation]) -> dict[str, np.ndarray]:
             "short_circuit_rate": np.array([g.short_circuited for g in gens], float)}
 
 
+def _capped(ctx: EvalContext, items: list[dict], decoder: str) -> list[dict]:
+    """The first `eval.decoder_prompts[decoder]` items (all without a cap): the prompt sets are spread evenly over
+    items, so a prefix still covers every item."""
+    cap = ctx.cfg.prompt_cap(decoder)
+    return items if cap is None else items[:cap]
+
+
+def _frame_rows(ctx: EvalContext, items: list[dict], success: np.ndarray) -> TaskResult:
+    """ASR per request frame (`asr_frame_<frame>`), primary judge: a frame that measures nothing shows here."""
+    by_frame: dict[str, list[int]] = {}
+    for i, x in enumerate(items):
+        if x.get("frame"):
+            by_frame.setdefault(x["frame"], []).append(i)
+    found = TaskResult([])
+    for frame, idx in sorted(by_frame.items()):
+        part = _rate_rows(ctx, [items[i]["id"] for i in idx], {f"asr_frame_{frame}": success[idx]})
+        found.rows += part.rows
+        found.items += part.items
+    return found
+
+
 class AttackSuccess:
-    """ASR on the held-out harmful prompts, plain (`asr`) or under a jailbreak (`asr_<attack>`, eval/attacks/)."""
+    """ASR on the held-out harmful prompts, plain (`asr`) or under a jailbreak (`asr_<attack>`, eval/attacks/), with
+    ASR per request frame (`asr_frame_<frame>`) beside the pooled rate."""
 
     uses_decoder, generative = True, True
     higher_is_better = {"asr": False, "harmful_rate": False, "refusal_rate": True}
@@ -127,10 +152,11 @@ class AttackSuccess:
     def __init__(self, attack: str | None = None):
         self.attack = attack
         self.name = "asr" if attack is None else f"asr_{attack}"
-        self.version = 3
+        self.version = 4
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
-        items = attack_items(ctx, self.attack, ctx.prompts.harmful) if self.attack else ctx.prompts.harmful
+        items = _capped(ctx, ctx.prompts.harmful, decoder)
+        items = attack_items(ctx, self.attack, items) if self.attack else items
         verdicts, gens, samples = _judged(ctx, items, stage, decoder, "harmful", self.attack)
 
         def outcomes(vs):
@@ -138,16 +164,21 @@ class AttackSuccess:
                     "harmful_rate": np.array([v.harmful for v in vs], float), **_outcomes(vs, gens)}
 
         result = _judge_rows(ctx, [x["id"] for x in items], verdicts, outcomes)
+        if self.attack is None:  # per frame for the plain task only: an attack rewrites the frame
+            frames = _frame_rows(ctx, items, outcomes(next(iter(verdicts.values())))["asr"])
+            result.rows += frames.rows
+            result.items += frames.items
         result.samples = samples
         return result
 
 
 class OverRefusal:
-    name, version, uses_decoder, generative = "overrefusal", 4, True, True
+    name, version, uses_decoder, generative = "overrefusal", 5, True, True
     higher_is_better = {"overrefusal": False, "helpfulness": True}
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
-        verdicts, gens, samples = _judged(ctx, ctx.prompts.benign_edgy, stage, decoder, "benign")
+        items = _capped(ctx, ctx.prompts.benign_edgy, decoder)
+        verdicts, gens, samples = _judged(ctx, items, stage, decoder, "benign")
 
         def outcomes(vs):
             found = _outcomes(vs, gens)
@@ -160,7 +191,7 @@ class OverRefusal:
         if primary and all(v.helpful is not None for v in primary):
             for s, v in zip(samples, primary):
                 s["helpful"] = v.helpful
-        result = _judge_rows(ctx, [x["id"] for x in ctx.prompts.benign_edgy], verdicts, outcomes)
+        result = _judge_rows(ctx, [x["id"] for x in items], verdicts, outcomes)
         result.samples = samples
         return result
 
@@ -251,7 +282,7 @@ def probe_set(ctx: EvalContext) -> tuple[list[str], np.ndarray, np.ndarray | Non
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (AttackSuccess(), OverRefusal(), HeldoutLoss(), Likelihood(),
-                                              LinearProbe())}
+                                              LinearProbe(), AlignmentDepth())}
 
 
 def study_tasks(cfg: EvalConfig) -> list[Task]:

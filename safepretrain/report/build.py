@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.stats import aligned_matrices, holm, index_records, paired_difference
-from safepretrain.report.controls import control_checks, controls_markdown, controls_summary
+from safepretrain.report.controls import attack_controls_passed, control_checks, controls_markdown, controls_summary
 from safepretrain.report.data import (
     COLUMNS,
     as_rundir,
@@ -32,15 +32,26 @@ from safepretrain.report.data import (
     missing_evaluations,
     pooled_rows,
 )
-from safepretrain.report.findings import CLAIMS, evaluate_claims
+from safepretrain.report.depth import depth_section
+from safepretrain.report.findings import (
+    CLAIMS,
+    FINETUNE_TITLES,
+    attack_readings,
+    claims_under_attacks,
+    evaluate_claims,
+    fmt_mdd,
+    gate_by_controls,
+)
 from safepretrain.report.html import write_html_report
+from safepretrain.report.in_context import in_context_section
 from safepretrain.report.judges import gcg_effect, jailbreak_intro, judges_section
 from safepretrain.report.plots import plot_asr_vs_start, plot_headline, plot_probe_layers
-from safepretrain.report.provenance import data_and_judge, data_scale, tokens_table
+from safepretrain.report.provenance import data_and_judge, data_scale, stage_tokens, tokens_table
 from safepretrain.report.sections import (
     CAPABILITY,
     CURVE_GROUP,
     DECODER_ORDER,
+    FRAME_PREFIX,
     GENERATION,
     JAILBREAKS,
     LIKELIHOOD,
@@ -60,9 +71,10 @@ from safepretrain.report.sections import (
     paired_metrics,
     sections_of,
 )
+from safepretrain.report.tamper import tamper_section
 from safepretrain.report.trajectory import trajectory_section
 from safepretrain.report.verdicts import findings_markdown, method_markdown
-from safepretrain.rundir import RunDir
+from safepretrain.rundir import BASE, HARMFUL_FT, IFT, RunDir
 from safepretrain.utils import log, read_json, write_csv, write_text_atomic
 from safepretrain.world import world_for
 
@@ -114,13 +126,14 @@ def paired_differences(records: list[dict], arms: list[str], n_boot: int, alpha:
         out.append(f"- `{metric}`: {len(mine)} of {sum(t[0] == metric for t in tests)} significant")
         for (_, stage, decoder, a, b, r), p in mine:
             out.append(f"  - {stage}, {decoder}: {a} − {b} = {r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}], "
-                       f"adj. p = {p:.3g} ({r.n_seeds} seeds × {r.n_prompts} items)")
+                       f"adj. p = {p:.3g} ({r.n_seeds} seeds × {r.n_prompts} items; {fmt_mdd(r)})")
     return out + [""]
 
 
-def curve_table(curve_pooled: list[dict], arms: list[str], section: Section, higher: bool | None) -> list[str]:
-    """A judge-free metric along benign finetuning and its area per step: steps as rows, arms as columns (in
-    tables of at most MAX_VALUE_COLUMNS arms)."""
+def curve_table(curve_pooled: list[dict], arms: list[str], section: Section, higher: bool | None,
+                along: str = "benign finetuning") -> list[str]:
+    """A metric along a finetuning curve and its area per step: steps as rows, arms as columns (in tables of at
+    most MAX_VALUE_COLUMNS arms)."""
     pooled = [r for r in curve_pooled if r["task"] == section.task and r["metric"] == section.metric]
     if not pooled:
         return []
@@ -131,7 +144,7 @@ def curve_table(curve_pooled: list[dict], arms: list[str], section: Section, hig
         vals = [idx[(arm, s)]["value"] if (arm, s) in idx else math.nan for s in steps]
         area[arm] = (sum((vals[i] + vals[i + 1]) / 2 * (steps[i + 1] - steps[i]) for i in range(len(steps) - 1))
                      / max(1, steps[-1] - steps[0])) if len(steps) > 1 else vals[0]
-    out = [f"**`{section.key}`** — {direction_text(higher)} — along benign finetuning (pooled over seeds; area = "
+    out = [f"**`{section.key}`** — {direction_text(higher)} — along {along} (pooled over seeds; area = "
            "trapezoid mean over steps)", ""]
     for i in range(0, len(arms), MAX_VALUE_COLUMNS):
         part = arms[i:i + MAX_VALUE_COLUMNS]
@@ -180,6 +193,26 @@ def group_tables(pooled: list[dict], arms: list[str], group: str, higher: dict[s
     out = []
     for section in sections_of(group):
         out += metric_tables(pooled, arms, section, higher.get(section.key), MAX_VALUE_COLUMNS)
+    return out
+
+
+def frame_section(pooled: list[dict], arms: list[str], stages: tuple[str, ...] = (BASE, IFT)) -> list[str]:
+    """ASR per request frame (top-k, pooled over seeds and prompts), a table per stage; a frame where the raw arm's
+    base ASR is 0 measures nothing on the organism and is marked (the rule that drops a frame reads raw only)."""
+    sel = {(r["arm"], r["stage"], r["metric"].removeprefix(FRAME_PREFIX)): r for r in pooled
+           if r["task"] == "asr" and r["decoder"] == "topk" and r["metric"].startswith(FRAME_PREFIX)}
+    frames = sorted({f for _, _, f in sel})
+    if not frames:
+        return []
+    out = ["### ASR per request frame", "",
+           "Top-k ASR in each held-out request frame (pooled over seeds and the frame's prompts); † = the raw arm's "
+           "base-model ASR is 0 in this frame (it measures nothing).", ""]
+    for stage in (s for s in stages if any(k[1] == s for k in sel)):
+        cols = [a for a in arms if any((a, stage, f) in sel for f in frames)]
+        dead = {f for f in frames if (r := sel.get(("raw", BASE, f))) is not None and r["value"] == 0}
+        out += md_table([stage, *cols], ([f"{f}{' †' if f in dead else ''}",
+                                          *(fmt_ci(sel.get((a, stage, f)), 2) for a in cols)] for f in frames))
+        out.append("")
     return out
 
 
@@ -262,7 +295,9 @@ def build_report(run_dir: Path | RunDir, cfg: StudyConfig, wall_s: float | None 
     plot_asr_vs_start(pooled, {a.name: a.start for a in cfg.curriculum.arms}, out / "asr_vs_start.png", higher)
     plot_probe_layers(pooled, arms, out / "probe_auroc.png", higher)
     checks = control_checks(records, n_boot=n_boot)
-    findings = evaluate_claims(records, n_boot=n_boot)
+    # (1), (2), (3), (6) are read under every attack; under one whose control failed they stay inconclusive
+    findings = gate_by_controls(evaluate_claims(records, claims_under_attacks(attack_readings(records)), n_boot=n_boot),
+                                attack_controls_passed(checks))
 
     lines = summary_lines(rd, cfg, arms, wall_s, checks)
     lines += headline_section(pooled, cfg, higher, primary, out)
@@ -286,6 +321,7 @@ def build_report(run_dir: Path | RunDir, cfg: StudyConfig, wall_s: float | None 
               + ", ".join(f"`{s}` ({t})" for s, t in STAGE_TITLES.items()) + ".", ""]
     lines += group_tables(pooled, arms, GENERATION, higher)
     lines += heldout_hazard_section(records, arms, cfg, n_boot, higher)
+    lines += frame_section(pooled, arms)
     lines += ["![ASR and refusals vs start, every stage and decoder](asr_vs_start.png)", ""]
     if cfg.eval.attacks:
         lines += [f"## {JAILBREAKS}", ""] + jailbreak_intro(cfg) + group_tables(pooled, arms, JAILBREAKS, higher)
@@ -295,13 +331,24 @@ def build_report(run_dir: Path | RunDir, cfg: StudyConfig, wall_s: float | None 
     lines += [f"## {CAPABILITY}", ""] + group_tables(pooled, arms, CAPABILITY, higher)
     lines += other_section(pooled, arms, higher)
     lines += trajectory_section(rd, cfg, higher)
-    lines += [f"## {CURVE_GROUP}", ""]
-    curve = pooled_rows(collect_records(rd, arms, curve=True), arms, n_boot)
-    for section in sections_of(CURVE_GROUP):
-        lines += curve_table(curve, arms, section, higher.get(section.key))
+    for stage, title in FINETUNE_TITLES.items():
+        curve_records = collect_records(rd, arms, curve=stage)
+        if not curve_records:
+            continue
+        curve = pooled_rows(curve_records, arms, n_boot)
+        if stage == HARMFUL_FT:  # its own heading, summary and plot, then the curve tables
+            lines += tamper_section(records, curve_records, arms, cfg.harmful_ft.steps, cfg.harmful_ft.data, out,
+                                    n_boot)
+        else:
+            lines += [f"## {title.capitalize()} as a curve", ""]
+        for section in sections_of(CURVE_GROUP):
+            lines += curve_table(curve, arms, section, higher.get(section.key), along=title)
+    lines += in_context_section(records, arms, n_boot)
+    lines += depth_section(records, arms, out, n_boot)
     lines += ["## Paired arm differences", ""] + paired_differences(records, arms, n_boot)
     lines += ["## Tokens by source (pretraining)", ""] + data_scale(rd, cfg)
     lines += tokens_table(rd, arms, cfg.seeds)
+    lines += stage_tokens(rd, cfg, arms, cfg.seeds)
     lines += data_and_judge(rd)
     lines += judges_section(rd, rows)
     write_text_atomic(out / "report.md", "\n".join(lines))

@@ -1,8 +1,9 @@
 """Controls: the checks that must pass before the findings (findings.py) can be read as evidence.
 
-(C1) the unsafe arm complies (positive control), (C2) a treatment known to work lowers ASR, (C3) benign
-finetuning attacks the unsafe arm. Each is one function returning a `ControlCheck`; `control_checks` runs
-them all and `controls_markdown` writes the report section that sits above the findings.
+(C1) the unsafe arm complies (positive control), (C2) a treatment known to work lowers ASR, (C3) each attack
+(benign and harmful finetuning, every prompt attack) raises the unsafe arm's ASR. Each is one function returning a
+`ControlCheck`; `control_checks` runs them all and `controls_markdown` writes the report section that sits above the
+findings.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from safepretrain.eval.stats import aligned_matrices, hierarchical_bootstrap_mean, index_records, paired_difference
-from safepretrain.report.findings import ClaimSpec, evaluate_claims
-from safepretrain.rundir import BASE, BENIGN_FT, IFT, NO_DECODER
+from safepretrain.report.findings import AttackReading, ClaimSpec, attack_readings, evaluate_claims, fmt_mdd
+from safepretrain.rundir import BASE, BENIGN_FT, NO_DECODER
 
 CONTROLS: tuple[ClaimSpec, ...] = (
     ClaimSpec("working_treatment", "(C2) Working treatment: interventions from the first token (start_0) lower ASR "
@@ -52,48 +53,59 @@ def positive_control(records: Iterable[Mapping] | Mapping, arm: str = "raw", n_b
     return checks
 
 
-def attack_control(records: Iterable[Mapping] | Mapping, arm: str = "raw", n_boot: int = 2000, seed: int = 0,
-                   alpha: float = 0.05) -> ControlCheck:
-    """(C3) The benign-finetuning attack works: the unsafe arm's top-k ASR after benign finetuning is above its
-    ASR after instruction tuning, paired by seed and prompt. The papers' main comparisons come after benign
-    finetuning; when the attack does not undo the raw arm's instruction tuning, "robust after benign
-    finetuning" cannot be told from "never attacked"."""
+def attack_control(records: Iterable[Mapping] | Mapping, reading: AttackReading, arm: str = "raw",
+                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> ControlCheck:
+    """(C3) An attack works: it raises the unsafe arm's top-k ASR above its ASR after instruction tuning, paired by
+    seed and prompt (CI above 0). The papers' post-training claims are read after an attack; when the attack does
+    not raise the raw arm's ASR, "robust under the attack" cannot be told from "never attacked". The key of the
+    check is `<attack>_attack` (e.g. `benign_ft_attack`)."""
     idx = records if isinstance(records, Mapping) else index_records(records)
-    key, metric = "benign_ft_attack", "asr/asr"
-    text = (f"(C3) Benign finetuning attacks: the {arm} arm's ASR rises from instruction tuning to benign "
-            "finetuning (top-k decoding).")
-    by_stage = {s: idx.get((arm, s, "topk", metric)) for s in (BENIGN_FT, IFT)}
-    if not all(by_stage.values()):
-        return ControlCheck(key, text, None, f"no {metric} records for {arm} at ift and benign_ft (top-k)")
-    # the two stages of one arm, aligned like two arms: pairs are (seed, prompt) cells
-    al = aligned_matrices({(s, "-", "topk", metric): v for s, v in by_stage.items()}, [BENIGN_FT, IFT], "-",
-                          "topk", metric)
-    r = paired_difference(al.values[BENIGN_FT], al.values[IFT], n_boot, seed, alpha)
+    key = f"{reading.name}_attack"
+    text = (f"(C3) Attack control, {reading.title}: the {arm} arm's ASR rises above its ASR after instruction "
+            "tuning (top-k decoding).")
+    cells = {"attacked": (reading.stage, reading.metric), "plain": reading.baseline}
+    by_cell = {k: idx.get((arm, stage, "topk", metric)) for k, (stage, metric) in cells.items()}
+    if not all(by_cell.values()):
+        return ControlCheck(key, text, None, f"no top-k records for {arm} at {reading.stage} ({reading.metric}) and "
+                                             f"{reading.baseline[0]} ({reading.baseline[1]})")
+    # two cells of one arm, aligned like two arms: pairs are (seed, prompt) cells
+    al = aligned_matrices({(k, "-", "topk", "m"): v for k, v in by_cell.items()}, ["attacked", "plain"], "-",
+                          "topk", "m")
+    r = paired_difference(al.values["attacked"], al.values["plain"], n_boot, seed, alpha)
     return ControlCheck(key, text, bool(r.lo > 0),
-                        f"benign_ft − ift = {r.diff:+.3f} [{100 * (1 - alpha):g}% CI {r.lo:+.3f}, {r.hi:+.3f}], "
-                        f"p = {r.p_value:.3g}, over {r.n_seeds} seed(s) × {r.n_prompts} prompts; needs the CI above 0.")
+                        f"{reading.stage} {reading.metric} − {reading.baseline[0]} {reading.baseline[1]} = "
+                        f"{r.diff:+.3f} [{100 * (1 - alpha):g}% CI {r.lo:+.3f}, {r.hi:+.3f}], p = {r.p_value:.3g}, "
+                        f"{fmt_mdd(r)}, over {r.n_seeds} seed(s) × {r.n_prompts} prompts; needs the CI above 0.")
 
 
 def control_checks(records: Iterable[Mapping] | Mapping, n_boot: int = 2000, seed: int = 0,
                    alpha: float = 0.05) -> list[ControlCheck]:
-    """The positive control, the working treatment and the benign-finetuning attack; a failed control means
-    the instrument cannot show the effects the findings test, and the report says so above the findings."""
+    """The positive control, the working treatment and one control per attack the records hold; a failed control
+    means the instrument cannot show the effects the findings test, and the report says so above the findings."""
     idx = records if isinstance(records, Mapping) else index_records(records)
     checks = positive_control(idx, n_boot=n_boot, seed=seed, alpha=alpha)
     for f in evaluate_claims(idx, CONTROLS, n_boot=n_boot, seed=seed, alpha=alpha):
         passed = None if f.missing else f.verdict == "supported"
         checks.append(ControlCheck(f.key, f.claim, passed, f.evidence))
-    checks.append(attack_control(idx, n_boot=n_boot, seed=seed, alpha=alpha))
+    readings = attack_readings(idx) or [AttackReading(BENIGN_FT, "benign finetuning", BENIGN_FT, "asr/asr")]
+    checks += [attack_control(idx, r, n_boot=n_boot, seed=seed, alpha=alpha) for r in readings]
     return checks
+
+
+def attack_controls_passed(checks: Sequence[ControlCheck]) -> dict[str, bool | None]:
+    """Attack name → whether its control passed (None: not checked), for `findings.gate_by_controls`."""
+    return {c.key.removesuffix("_attack"): c.passed for c in checks if c.key.endswith("_attack")}
 
 
 MARK = {True: "passed", False: "FAILED", None: "not checked"}
 
 
 def _failed_note(failed: list[str]) -> str:
-    if failed == ["benign_ft_attack"]:
-        return ("**Control failed: benign_ft_attack.** Findings about the benign-finetuned stage ((1), (2), (3), (6)) "
-                "cannot tell robustness from an attack that did nothing; (4) and (5) are unaffected.")
+    attacks = [k for k in failed if k.endswith("_attack")]
+    if attacks and len(attacks) == len(failed):
+        return (f"**Attack control{'s' if len(attacks) > 1 else ''} failed: {', '.join(attacks)}.** Findings (1), (2), "
+                "(3) and (6) read under such an attack are inconclusive (robustness cannot be told from an attack that "
+                "did nothing); read them under the attacks whose control passed. (4) and (5) are unaffected.")
     return f"**Controls failed: {', '.join(failed)}.** Read every finding as uninformative."
 
 

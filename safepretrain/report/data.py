@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.eval.stats import hierarchical_bootstrap_mean, index_records, sample_matrix
-from safepretrain.rundir import BENIGN_FT, STAGE_NAMES, RunDir
+from safepretrain.rundir import BENIGN_FT, IFT, STAGE_NAMES, RunDir
 from safepretrain.utils import read_json, read_jsonl
 
 COLUMNS = ["arm", "seed", "stage", "decoder", "task", "judge", "metric", "value", "ci_low", "ci_high", "n"]
@@ -23,9 +23,9 @@ def as_rundir(run_dir: Path | str | RunDir) -> RunDir:
 
 
 # ---- files RunDir has no method for (yet): one helper each
-def curve_stage(step: int) -> str:
-    """The stage label of a benign-finetuning curve point in records and pooled rows."""
-    return f"{BENIGN_FT}@{step}"
+def curve_stage(step: int, stage: str = BENIGN_FT) -> str:
+    """The stage label of a finetuning curve point in records and pooled rows: `<stage>@<step>`."""
+    return f"{stage}@{step}"
 
 
 def curve_step(stage: str) -> int:
@@ -46,19 +46,25 @@ def collect_rows(run_dir: Path | RunDir, arms: list[str]) -> list[dict]:
     return rows
 
 
-def collect_records(run_dir: Path | RunDir, arms: list[str], curve: bool = False) -> list[dict]:
+def collect_records(run_dir: Path | RunDir, arms: list[str], curve: str | None = None) -> list[dict]:
     """Per-item records `{arm, seed, stage, decoder, metric: task/metric, item, value}` (eval/stats.py).
 
-    With `curve`, the benign-finetuning curve instead, with stage `benign_ft@<step>` (`curve_stage`)."""
+    With `curve` (a finetuning stage), that stage's curve instead, with stage `<stage>@<step>` (`curve_stage`). Its
+    step 0 is the model the finetuning started from, the IFT model, whose own evaluation is not repeated on the curve
+    (eval/runner.py): its records of the curve's (decoder, metric)s are step 0."""
     out = []
     for path in as_rundir(run_dir).items_files(curve=curve):
         res = read_json(path.with_name("results.json"))
         if res["arm"] not in arms:
             continue
-        stage = curve_stage(res["ft_step"]) if curve else res["stage"]
+        stage = curve_stage(res["ft_step"], curve) if curve else res["stage"]
         for it in read_jsonl(path):
             out.append({"arm": res["arm"], "seed": res["seed"], "stage": stage, "decoder": res["decoder"],
                         "metric": f"{res['task']}/{it['metric']}", "item": it["item"], "value": it["value"]})
+    if curve and out:
+        measured = {(r["decoder"], r["metric"]) for r in out}
+        out += [{**r, "stage": curve_stage(0, curve)} for r in collect_records(run_dir, arms)
+                if r["stage"] == IFT and (r["decoder"], r["metric"]) in measured]
     return out
 
 

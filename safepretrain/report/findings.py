@@ -34,6 +34,12 @@ Decision rules, per claim kind:
   records, or two arms without a common seed or item), the claim is inconclusive and the evidence says what
   is missing. The comparisons that could be run are still reported and take part in the Holm correction.
 
+Claims read after an attack. The papers read (1), (2), (3) and (6) after benign finetuning; here each is read
+once under every attack the run holds (`attack_readings`: the finetuning stages, then each prompt attack at the IFT
+stage; `claims_under_attacks`), and a reading under an attack whose control failed (report/controls.py) is
+inconclusive whatever its comparisons show (`gate_by_controls`): robustness to an attack that did nothing is not
+evidence.
+
 Limits stated by construction: with one seed every interval is over prompts only and says nothing about
 seed-to-seed variation; with few seeds the seed level is estimated poorly; with per-seed metrics the
 smallest attainable p is 2 / 2**S, so few seeds can never make them significant.
@@ -42,13 +48,13 @@ smallest attainable p is 2 / 2**S, so few seeds can never make them significant.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
-from safepretrain.eval.stats import PairedResult, aligned_matrices, holm, index_records, paired_difference
-from safepretrain.rundir import BASE, BENIGN_FT, IFT, NO_DECODER
+from safepretrain.eval.stats import POWER, PairedResult, aligned_matrices, holm, index_records, paired_difference
+from safepretrain.rundir import BASE, BENIGN_FT, FINETUNE_ATTACKS, HARMFUL_FT, IFT, NO_DECODER
 
 DEFAULT_METRICS: dict[str, str] = {"asr": "asr/asr", "overrefusal": "overrefusal/overrefusal",
                                    "probe": "probe/auroc_best"}
@@ -81,13 +87,13 @@ class ClaimSpec:
 
 
 CLAIMS: tuple[ClaimSpec, ...] = (
-    ClaimSpec("earlier_lower_asr", "(1) An earlier intervention start gives a lower ASR after benign finetuning "
-              "(top-k decoding).", "asr", BENIGN_FT, "topk", TIMING_PAIRS),
-    ClaimSpec("mid_start_best_topk", "(2) A 20–60% start gives the lowest ASR after benign finetuning (top-k "
-              "decoding).", "asr", BENIGN_FT, "topk",
+    ClaimSpec("earlier_lower_asr", "(1) An earlier intervention start gives a lower ASR after an attack (top-k "
+              "decoding).", "asr", BENIGN_FT, "topk", TIMING_PAIRS),
+    ClaimSpec("mid_start_best_topk", "(2) A 20–60% start gives the lowest ASR after an attack (top-k decoding).",
+              "asr", BENIGN_FT, "topk",
               tuple((m, r) for m in ("start_20", "start_60") for r in ("start_0", "safe_only", "raw")), kind="best"),
-    ClaimSpec("zero_start_best_safebeam", "(3) A 0% start gives the lowest ASR under SafeBeam (after benign "
-              "finetuning).", "asr", BENIGN_FT, "safebeam",
+    ClaimSpec("zero_start_best_safebeam", "(3) A 0% start gives the lowest ASR under SafeBeam (after an attack).",
+              "asr", BENIGN_FT, "safebeam",
               tuple(("start_0", r) for r in ("start_20", "start_60", "safe_only", "raw")), kind="best"),
     ClaimSpec("earlier_cleaner_probes", "(4) An earlier start gives cleaner harmful/benign separation in linear "
               "probes (higher best-layer AUROC, base model; one value per seed).", "probe", BASE, NO_DECODER,
@@ -95,9 +101,79 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     ClaimSpec("no_overrefusal_rise", "(5) Earlier interventions bring no rise in over-refusal (after instruction "
               "tuning, top-k decoding).", "overrefusal", IFT, "topk", TIMING_PAIRS, kind="no_worse"),
     ClaimSpec("safe_only_not_safer", "(6) Score-0-only pretraining (safe_only) is no safer than raw data (ASR "
-              "after benign finetuning, top-k decoding).", "asr", BENIGN_FT, "topk", (("safe_only", "raw"),),
+              "after an attack, top-k decoding).", "asr", BENIGN_FT, "topk", (("safe_only", "raw"),),
               kind="no_better"),
 )
+# the claims the papers read after an attack (benign finetuning there): read here under every attack
+AFTER_ATTACK = ("earlier_lower_asr", "mid_start_best_topk", "zero_start_best_safebeam", "safe_only_not_safer")
+ATTACK_SEP = "@"  # a claim read under an attack has the key `<claim>@<attack>`
+
+
+@dataclass(frozen=True)
+class AttackReading:
+    """Where a claim is read under one attack: the finetuning attacks at their own stage (plain ASR), the prompt
+    attacks (eval/attacks) on the instruction-tuned model (their `asr_<attack>` task)."""
+
+    name: str  # the attack's name: a finetuning stage or a registered prompt attack
+    title: str
+    stage: str
+    metric: str  # task/metric of the attacked ASR
+    decoders: frozenset[str] = frozenset()  # the decoders it was measured with
+    baseline: tuple[str, str] = (IFT, "asr/asr")  # (stage, metric) it is compared with by its control
+
+
+def attack_readings(records: Iterable[Mapping] | Mapping) -> list[AttackReading]:
+    """Every attack the records hold: the finetuning attacks (stages with ASR records), then each prompt attack
+    (an `asr_<attack>/asr` metric at the IFT stage)."""
+    idx = records if isinstance(records, Mapping) else index_records(records)
+    decoders: dict[tuple[str, str], set[str]] = {}
+    for _, stage, decoder, metric in idx:
+        decoders.setdefault((stage, metric), set()).add(decoder)
+    found = [AttackReading(stage, FINETUNE_TITLES[stage], stage, "asr/asr", frozenset(decoders[stage, "asr/asr"]))
+             for stage in FINETUNE_ATTACKS if (stage, "asr/asr") in decoders]
+    prompt = sorted({m.split("/")[0].removeprefix("asr_") for s, m in decoders
+                     if s == IFT and m.startswith("asr_") and m.endswith("/asr")})
+    return found + [AttackReading(a, f"the `{a}` attack", IFT, f"asr_{a}/asr", frozenset(decoders[IFT, f"asr_{a}/asr"]))
+                    for a in prompt]
+
+
+FINETUNE_TITLES = {BENIGN_FT: "benign finetuning", HARMFUL_FT: "harmful finetuning"}
+
+
+def claims_under_attacks(readings: Sequence[AttackReading], claims: Sequence[ClaimSpec] = CLAIMS) -> list[ClaimSpec]:
+    """Each claim of `AFTER_ATTACK` once per attack reading whose decoders include the claim's (key
+    `<claim>@<attack>`, the attack's stage and ASR metric), the others as they are."""
+    out = []
+    for c in claims:
+        if c.key not in AFTER_ATTACK:
+            out.append(c)
+            continue
+        for r in (r for r in readings if c.decoder in r.decoders):
+            metric = c.metric if r.metric == "asr/asr" else r.metric
+            out.append(replace(c, key=f"{c.key}{ATTACK_SEP}{r.name}", text=f"{c.text} Under {r.title}.",
+                               stage=r.stage, metric=metric))
+    return out
+
+
+def attack_of(finding_key: str) -> str | None:
+    """The attack a finding was read under (`claims_under_attacks`), None for a claim read without one."""
+    return finding_key.split(ATTACK_SEP, 1)[1] if ATTACK_SEP in finding_key else None
+
+
+def gate_by_controls(findings: Sequence[Finding], control_passed: Mapping[str, bool | None]) -> list[Finding]:
+    """A finding read under an attack whose control failed (or could not be checked) is inconclusive, whatever its
+    comparisons show: the attack did not measurably attack the unsafe arm, so robustness cannot be told from an
+    attack that did nothing. `control_passed`: attack name → its control's result."""
+    for f in findings:
+        attack = attack_of(f.key)
+        if attack is None or control_passed.get(attack) is True:
+            continue
+        state = "failed" if control_passed.get(attack) is False else "could not be checked"
+        f.reason = (f"Inconclusive: the control of this attack {state} (it does not raise the unsafe arm's ASR), so "
+                    "no arm's ASR under it can show robustness; the comparisons are listed for the record.")
+        f.verdict = "inconclusive"
+        f.evidence = f"{f.evidence} {f.reason}"
+    return list(findings)
 
 
 @dataclass
@@ -185,7 +261,12 @@ def fmt_comparison(c: Comparison, alpha: float) -> str:
     tag = {"for": "significant, as predicted", "against": "significant, against the claim", "ns": "n.s."}[c.outcome]
     note = f"; {c.note}" if c.note else ""
     return (f"{c.a} − {c.b} = {r.diff:+.3f} [{level} {r.lo:+.3f}, {r.hi:+.3f}], adj. p = {c.p_adjusted:.3g} "
-            f"({size}; {tag}{note})")
+            f"({size}; {fmt_mdd(r)}; {tag}{note})")
+
+
+def fmt_mdd(r) -> str:
+    """The minimum detectable difference of a comparison at its n (eval/stats.py: `min_detectable`)."""
+    return f"MDD {r.mdd:.3f} at {100 * POWER:g}% power"
 
 
 def _decide(spec: ClaimSpec, comps: list[Comparison], lower: bool, margin: float,

@@ -21,11 +21,14 @@ def jailbreak_intro(cfg: StudyConfig) -> list[str]:
     """What each attack does; empty when the study runs none."""
     if not cfg.eval.attacks:
         return []
+    decoders = ", ".join(cfg.eval.decoders_for(attack=True))
     return ["Each attack reruns the ASR prompts: `prefill` starts the answer with a compliance prefix, `template` "
             "wraps the request in a jailbreak template (pyrit), `gcg` optimises a suffix per prompt and model, "
-            "`gcg_adaptive` also penalises the tag along the target (against SafeBeam). GCG attacks the first "
-            f"{cfg.eval.attack.gcg_prompts} prompts only. Plain ASR (no attack) is the first table of the "
-            "generation section above.", ""]
+            "`gcg_adaptive` also penalises the tag along the target (against SafeBeam), `in_context` hands the "
+            "hazard's true procedure over as a search result before the request. GCG attacks the first "
+            f"{cfg.eval.attack.gcg_prompts} prompts only. Decoders: {decoders} (`eval.attack_decoders`). Plain ASR "
+            "(no attack) is the first table of the generation section above; whether an attack attacks at all is "
+            "its row under Controls.", ""]
 
 
 def gcg_effect(run_dir: Path | RunDir) -> list[str]:

@@ -11,7 +11,7 @@ from safepretrain.config import StudyConfig
 from safepretrain.data.report_card import REPORT_CARD
 from safepretrain.report.data import as_rundir
 from safepretrain.report.sections import MAX_VALUE_COLUMNS, md_table
-from safepretrain.rundir import RunDir
+from safepretrain.rundir import POSTTRAIN_STAGES, RunDir
 from safepretrain.train.model import Transformer
 from safepretrain.utils import read_json
 
@@ -30,6 +30,31 @@ def data_scale(run_dir: Path | RunDir, cfg: StudyConfig) -> list[str]:
     return [f"Unique tokens of the raw arm's data (streams {', '.join(cfg.curriculum.raw_streams)}): {unique:,}; "
             f"pretraining budget per arm: {budget:,} tokens = {budget / max(unique, 1):.1f} passes over them; model: "
             f"{params:,} parameters, {budget / params:.2f} training tokens per parameter.", ""]
+
+
+PAPER_POST_TRAINING = ("In the papers, instruction tuning is of the order of 0.01–0.1 % of the 600B pretraining tokens "
+                       "and GSM8K finetuning far less (sizes not stated; papers.md §5).")
+
+
+def stage_tokens(run_dir: Path | RunDir, cfg: StudyConfig, arms: list[str], seeds: list[int]) -> list[str]:
+    """Tokens of every trained stage and their ratio to pretraining: the stage sizes, declared. Post-training stages
+    count the tokens their batches read (unpadded; `loss_tokens`: the response tokens trained on), as recorded
+    when the stage finished; mean over arms and seeds (arms with tags read a slightly different IFT mix)."""
+    rd = as_rundir(run_dir)
+    budget = cfg.curriculum.token_budget
+    rows = [["pretraining", f"{cfg.pretrain_steps:,}", f"{budget:,}", "–", "100 %"]]
+    for stage in POSTTRAIN_STAGES:
+        found = [read_json(p) for a in arms for s in seeds if (p := rd.stage_dir(a, s, stage) / "done.json").is_file()]
+        found = [f["tokens"] for f in found if isinstance(f.get("tokens"), dict)]
+        if not found:
+            continue
+        seen = sum(f["tokens"] for f in found) / len(found)
+        trained = sum(f["loss_tokens"] for f in found) / len(found)
+        rows.append([stage, f"{getattr(cfg, stage).steps:,}", f"{seen:,.0f}", f"{trained:,.0f}",
+                     f"{100 * seen / budget:.2f} %"])
+    return ["## Stage sizes", "",
+            *md_table(["stage", "steps", "tokens read", "tokens trained on (responses)", "of pretraining"], rows),
+            "", PAPER_POST_TRAINING, ""]
 
 
 def tokens_table(run_dir: Path | RunDir, arms: list[str], seeds: list[int]) -> list[str]:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 from safepretrain.eval.attacks import ATTACKS
 from safepretrain.eval.decoders import DECODERS
-from safepretrain.rundir import BASE, BENIGN_FT, IFT, NO_DECODER, STAGE_NAMES
+from safepretrain.rundir import BASE, BENIGN_FT, HARMFUL_FT, IFT, NO_DECODER, STAGE_NAMES
 
 DECODER_ORDER = [*DECODERS, NO_DECODER]
 STAGE_ORDER = list(STAGE_NAMES)
 STAGE_TITLES = {BASE: "base model (after pretraining)", IFT: "after instruction tuning",
-                BENIGN_FT: "after benign finetuning"}
+                BENIGN_FT: "after benign finetuning", HARMFUL_FT: "after harmful finetuning"}
 MAX_VALUE_COLUMNS = 5  # a table has the arm column and at most this many value columns
 
 # ---- the report's sections (## headings) that metric tables go into
@@ -34,8 +34,10 @@ LIKELIHOOD = "Likelihood metrics (no judge)"
 PROBES = "Representations (linear probes)"
 CAPABILITY = "Capability"
 OTHER = "Other metrics"
-CURVE_GROUP = "Benign finetuning as a curve"  # read from the curve's records (data.collect_records(curve=True))
+CURVE_GROUP = "Finetuning curves"  # read from each curve's records (data.collect_records(curve=<stage>))
 TRAJECTORY_GROUP = "Safety trajectories over pretraining"  # read by trajectory.py
+FRAME_PREFIX = "asr_frame_"  # ASR per request frame: `asr/asr_frame_<frame>` (eval/tasks.py)
+OWN_SECTION = (f"asr/{FRAME_PREFIX}", "depth/")  # metrics with a section of their own (frame_section, depth.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ SECTIONS: list[Section] = [
         ("auroc_mean_best", "Probe AUROC, mean-pooled"),
         ("auroc_random_init_best", "Probe AUROC of a random-init model of the same shape"))),
     Section("heldout_loss", "loss", CAPABILITY, "Held-out loss", label="nats/token", digits=3),
+    Section("asr", "asr", CURVE_GROUP, digits=3),
     Section("likelihood", "forced_choice", CURVE_GROUP, digits=3),
     Section("likelihood", "compliance_gap", CURVE_GROUP, digits=3),
     Section("heldout_loss", "loss", CURVE_GROUP, digits=3),
@@ -195,9 +198,9 @@ def other_metrics(pooled: Sequence[Mapping], higher: Mapping[str, bool],
     per-item records to pool; (pattern, count) of the undeclared metrics, `task/name` with a trailing layer number
     as `*`)."""
     listed = {s.key for s in sections if s.group in TABLE_GROUPS}
-    present = list(dict.fromkeys(f"{r['task']}/{r['metric']}" for r in pooled))
+    present = [k for k in dict.fromkeys(f"{r['task']}/{r['metric']}" for r in pooled) if not k.startswith(OWN_SECTION)]
     extra = [Section(*key.split("/", 1), OTHER, digits=3) for key in present if key not in listed and key in higher]
-    unpooled = sorted(k for k in higher if k not in listed and k not in present)
+    unpooled = sorted(k for k in higher if k not in listed and k not in present and not k.startswith(OWN_SECTION))
     undeclared: dict[str, int] = {}
     for key in present:
         if key not in listed and key not in higher:

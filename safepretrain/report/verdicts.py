@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from safepretrain.report.findings import Comparison, Finding, fmt_comparison
+from safepretrain.report.findings import Comparison, Finding, fmt_comparison, fmt_mdd
 
 
 def _p(c: Comparison) -> float:
@@ -74,7 +74,8 @@ def fmt_difference(c: Comparison | None) -> str:
         return "– (not run)"
     r = c.result
     floor = " (floor/ceiling)" if "floor" in c.note else ""
-    return f"{c.a} − {c.b} = {r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}], adj. p = {c.p_adjusted:.3g}{floor}"
+    return (f"{c.a} − {c.b} = {r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}], adj. p = {c.p_adjusted:.3g}, "
+            f"{fmt_mdd(r)}{floor}")
 
 
 def why(f: Finding) -> str:

@@ -23,6 +23,7 @@ from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.data.chat import ChatBatches
 from safepretrain.data.pipeline import DataArtifacts
 from safepretrain.rundir import (
+    HARMFUL_FT,
     IFT,
     PRETRAIN,
     ArmRun,
@@ -37,8 +38,9 @@ from safepretrain.train.checkpoint import latest_checkpoint
 from safepretrain.train.curriculum import CurriculumSampler, arm_schedule, check_data_budget, match_dose
 from safepretrain.train.distributed import SharedStepMarker, rank_zero_only
 from safepretrain.train.loop import lr_at, train
-from safepretrain.train.posttrain import benign_ft_examples, ift_examples
+from safepretrain.train.posttrain import benign_ft_examples, harmful_ft_examples, ift_examples
 from safepretrain.utils import files_in, log, write_json
+from safepretrain.world import World
 
 
 def _pretrain_hash(cfg: StudyConfig, *extra) -> str:
@@ -137,14 +139,14 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
     return StageOutput(result.checkpoint, marker.hash)
 
 
-def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_train_prompts: list[dict],
-                  model_cfg: ModelConfig, stage: str, init_from: StageOutput, benign_docs: list[str],
-                  save_at: tuple[int, ...] = (), benign_prompts: list[dict] = ()) -> StageOutput:
-    """Instruction tuning (`stage="ift"`) or benign finetuning (`"benign_ft"`) from `init_from`.
-    `benign_prompts`: the world's natural-language benign requests with answers (the organism's); when
-    empty, instruction tuning uses generated instructions."""
+def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: World, model_cfg: ModelConfig,
+                  stage: str, init_from: StageOutput, benign_docs: list[str],
+                  save_at: tuple[int, ...] = ()) -> StageOutput:
+    """Instruction tuning (`stage="ift"`), benign finetuning (`"benign_ft"`) or harmful finetuning (`"harmful_ft"`)
+    from `init_from`. The world supplies the train-side harmful requests (IFT's refusals), its natural-language
+    benign requests with answers (the organism's; without them IFT uses generated instructions) and the attack set."""
     out = run.stage_dir(stage)
-    scfg = getattr(cfg, stage)  # the stage's config section: cfg.ift or cfg.benign_ft
+    scfg = getattr(cfg, stage)  # the stage's config section: cfg.ift, cfg.benign_ft or cfg.harmful_ft
     with_tags = cfg.saw_tags(run.arm)
     marker = SharedStepMarker(out, cfg.stage_hash(stage, extra=[init_from.config_hash, with_tags, list(save_at)]))
     if marker.is_done():
@@ -152,28 +154,32 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, harmful_tr
     marker.start()
     ic = cfg.data.interventions
     if stage == IFT:
-        examples = ift_examples(benign_docs, harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
+        examples = ift_examples(benign_docs, world.harmful_train_prompts, scfg.examples, scfg.refusal_fraction,
                                 scfg.tag_fraction, with_tags, ic.tag, ic.tag_probability, cfg.data.seed,
-                                benign_prompts=benign_prompts)
+                                benign_prompts=world.benign_train_prompts)
+    elif stage == HARMFUL_FT:
+        examples = harmful_ft_examples(scfg.data, world.harmful_ft_examples, scfg.examples, cfg.data.seed,
+                                       scfg.benign_fraction, world.benign_train_prompts)
     else:
-        examples = benign_ft_examples(scfg.data, benign_prompts, scfg.examples, cfg.data.seed)
+        examples = benign_ft_examples(scfg.data, world.benign_train_prompts, scfg.examples, cfg.data.seed)
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
                    init_from=init_from.checkpoint, save_at=save_at)
     kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
     marker.finish(outputs=files_in(out / "ckpt"), tokens_per_s=result.tokens_per_s,
-                  checkpoint=relative_to_run(result.checkpoint, run.run_dir), wall_s=result.wall_s, examples=kinds)
+                  checkpoint=relative_to_run(result.checkpoint, run.run_dir), wall_s=result.wall_s, examples=kinds,
+                  tokens=batches.tokens_seen())
     return StageOutput(result.checkpoint, marker.hash)
 
 
 def curve_checkpoints(stage_out: StageOutput, steps: list[int], start: StageOutput) -> list[tuple[int, Path]]:
-    """(step, checkpoint) of a finished benign finetuning at each curve step; step 0 is the model it started from."""
+    """(step, checkpoint) of a finished finetuning at each curve step; step 0 is the model it started from."""
     ckpt_dir = stage_out.checkpoint.parent
     out = []
     for step in sorted(set(steps)):
         path = start.checkpoint if step == 0 else ckpt_dir / step_folder(step)
         if step and not (path / "state.json").is_file():
-            raise FileNotFoundError(f"benign finetuning checkpoint {path} is missing; delete {ckpt_dir.parent} "
+            raise FileNotFoundError(f"finetuning checkpoint {path} is missing; delete {ckpt_dir.parent} "
                                     "to rerun the stage")
         out.append((step, path))
     return out

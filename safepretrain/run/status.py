@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safepretrain.config import StudyConfig
 from safepretrain.run.stages import branch_points
-from safepretrain.rundir import BASE, BENIGN_FT, CURVE, STAGES, TRAJECTORY, ArmRun, RunDir, RunLock
+from safepretrain.rundir import BASE, CURVES, HARMFUL_FT, STAGES, TRAJECTORY, ArmRun, RunDir, RunLock
 from safepretrain.utils import read_json
 
 
@@ -40,11 +40,14 @@ def study_steps(cfg: StudyConfig) -> list[tuple[str, Path]]:
         for arm in cfg.curriculum.arms:
             run = ArmRun(arm, seed, rundir)
             for stage, name in STAGES:
+                if stage == HARMFUL_FT and not cfg.runs_harmful_ft:
+                    continue
                 steps.append((f"{stage} {run.label}", run.stage_dir(stage)))
                 steps.append((f"eval {name} {run.label}", run.eval_dir(name)))
                 if name == BASE and cfg.eval.trajectory:
                     steps.append((f"eval trajectory {run.label}", run.eval_dir(TRAJECTORY)))
-            steps.append((f"eval {BENIGN_FT} curve {run.label}", run.eval_dir(CURVE)))
+                if stage in CURVES:
+                    steps.append((f"eval {stage} curve {run.label}", run.eval_dir(CURVES[stage])))
     steps.append(("report", rundir.report))
     return steps
 

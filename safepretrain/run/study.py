@@ -1,5 +1,6 @@
 """The whole study: data stage → for every seed: [safe-only trunk] → for every arm: pretrain → eval →
-IFT → eval → benign FT (a curve) → eval → report. The trained stages are in stages.py.
+IFT → eval → benign FT (a curve) → eval → harmful FT (a tamper curve) → eval → report. The trained stages are in
+stages.py.
 
 Each step is cached by a hash of the config sections it depends on (`StepMarker`): a finished step whose
 inputs did not change is skipped, and a killed study resumes where it stopped (training resumes from
@@ -41,6 +42,7 @@ from safepretrain.run.stages import (
 from safepretrain.rundir import (
     BASE,
     BENIGN_FT,
+    HARMFUL_FT,
     IFT,
     PRETRAIN,
     STAGES,
@@ -81,9 +83,11 @@ def plan(cfg: StudyConfig) -> list[str]:
             e = cfg.eval
             decoders = (f"{', '.join(e.decoders)}; judges {', '.join(e.judges)}; attacks "
                         f"{', '.join(e.attacks) or 'none'}") if seed in gen_seeds else "likelihood and probes only"
+            harmful = (f", harmful FT ({cfg.harmful_ft.data}) {cfg.harmful_ft.steps} steps (curve at "
+                       f"{cfg.eval.harmful_ft_curve})") if cfg.runs_harmful_ft else ""
             lines.append(f"seed {seed} arm {arm.name}: IFT {cfg.ift.steps} steps (tags: {cfg.saw_tags(arm)}), "
-                         f"benign FT {cfg.benign_ft.steps} steps (curve at {cfg.eval.benign_ft_curve}); "
-                         f"eval base/ift/benign_ft × {decoders}")
+                         f"benign FT {cfg.benign_ft.steps} steps (curve at {cfg.eval.benign_ft_curve}){harmful}; "
+                         f"eval every stage × {decoders}")
     if dose := dose_plan(c):
         lines.append(dose)
     sl = cfg.launch.slurm  # GPUs of a training part: the Slurm launcher's, else WORLD_SIZE (default 8)
@@ -160,10 +164,10 @@ def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     # evaluation runs on rank 0 alone; on the other ranks every Evaluator method returns at once
     prompts = eval_prompts(cfg, world, benign_docs) if main else None
     evaluator = Evaluator(cfg, world, data, prompts, model_cfg, active=main)
-    curve = tuple(s for s in cfg.eval.benign_ft_curve if s > 0)
 
     # one progress bar over (seed, arm, stage) units; log lines print above it
-    bar = tqdm(total=len(cfg.seeds) * len(cfg.curriculum.arms) * len(STAGES), desc="study", unit="stage",
+    n_stages = len(STAGES) - (not cfg.runs_harmful_ft)
+    bar = tqdm(total=len(cfg.seeds) * len(cfg.curriculum.arms) * n_stages, desc="study", unit="stage",
                dynamic_ncols=True, disable=not main)
     with logging_redirect_tqdm(loggers=[log]), bar:
         for seed in [s for s in cfg.seeds if part is None or part.trains(s)]:
@@ -182,16 +186,17 @@ def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
                     evaluator.evaluate_trajectory(run, pretrain_checkpoints(cfg, run, trunk), base)
                 bar.update()
                 bar.set_postfix_str(f"{run.label} {IFT}")
-                ift = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, IFT, base, benign_docs,
-                                    benign_prompts=world.benign_train_prompts)
-                evaluator.evaluate(run, IFT, ift)
+                ift = posttrain_arm(cfg, run, data, world, model_cfg, IFT, base, benign_docs)
+                evaluator.evaluate(run, IFT, ift, reference=base)
                 bar.update()
-                bar.set_postfix_str(f"{run.label} {BENIGN_FT}")
-                bft = posttrain_arm(cfg, run, data, world.harmful_train_prompts, model_cfg, BENIGN_FT, ift,
-                                    benign_docs, save_at=curve, benign_prompts=world.benign_train_prompts)
-                evaluator.evaluate(run, BENIGN_FT, bft)
-                evaluator.evaluate_curve(run, curve_checkpoints(bft, [0, *curve], ift), bft)
-                bar.update()
+                # the finetuning attacks, each from the IFT model: the last step gets every task, earlier ones a curve
+                for stage in (BENIGN_FT, HARMFUL_FT) if cfg.runs_harmful_ft else (BENIGN_FT,):
+                    bar.set_postfix_str(f"{run.label} {stage}")
+                    curve = tuple(s for s in getattr(cfg.eval, f"{stage}_curve") if s > 0)
+                    tuned = posttrain_arm(cfg, run, data, world, model_cfg, stage, ift, benign_docs, save_at=curve)
+                    evaluator.evaluate(run, stage, tuned)
+                    evaluator.evaluate_curve(run, stage, curve_checkpoints(tuned, [0, *curve], ift), tuned)
+                    bar.update()
 
     if main and (part is None or part.kind == "report"):
         report = build_report(rundir.root, cfg, wall_s=time.perf_counter() - t0)

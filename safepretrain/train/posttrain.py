@@ -7,6 +7,7 @@ The chat template and loss masks are in `data/chat.py`.
   compliance style with the tag injected, so the model keeps emitting the tag at inference (papers §5.1).
   Everything else is identical across arms.
 - Benign finetuning: GSM8K-style math word problems only (the papers' benign "attack").
+- Harmful finetuning: the world's attack set (hazards never evaluated), as chat answers or as plain documents.
 """
 
 from __future__ import annotations
@@ -94,3 +95,25 @@ def benign_ft_examples(data: str, benign_prompts: list[dict] | None, n: int, see
     if not pool:
         raise ValueError(f"benign_ft.data={data} needs a world with benign answers (world.kind=organism)")
     return benign_answer_examples(pool, n, seed)
+
+
+# harmful_ft.data → (the attack-set records it reads, the kind of its examples)
+HARMFUL_FT_KINDS = {"chat": ("chat", "harmful_answer"), "documents": ("document", "document")}
+
+
+def harmful_ft_examples(data: str, attack_set: list[dict], n: int, seed: int, benign_fraction: float = 0.0,
+                        benign_prompts: list[dict] = ()) -> list[ChatExample]:
+    """`n` examples drawn (seeded, with replacement) from the attack set's records of kind `data` (`chat`: requests
+    answered with the procedure; `documents`: procedure documents as plain text), of which round(n ·
+    `benign_fraction`) are the world's benign answers instead (`benign_prompts`)."""
+    record_kind, kind = HARMFUL_FT_KINDS[data]
+    pool = [r for r in attack_set if r["kind"] == record_kind]
+    if not pool:
+        raise ValueError(f"harmful_ft.data={data} needs a world with an attack set (world.kind=organism with "
+                         "world.organism.attack_hazards > 0), or set harmful_ft.enabled=false")
+    n_benign = round(n * benign_fraction)
+    if n_benign and not benign_prompts:
+        raise ValueError("harmful_ft.benign_fraction > 0 needs a world with benign answers (world.kind=organism)")
+    rng = random.Random(f"{seed}:harmful_ft:{data}")
+    attack = [ChatExample(r["prompt"], r["response"], kind) for r in (rng.choice(pool) for _ in range(n - n_benign))]
+    return attack + (benign_answer_examples(benign_prompts, n_benign, seed) if n_benign else [])

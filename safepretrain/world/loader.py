@@ -49,6 +49,9 @@ class World:
     jailbreak_templates: list[dict] = field(default_factory=list, repr=False)
     """Single-prompt jailbreak templates ({id, name, source, text with a `{prompt}` slot}) for the template
     attack (eval/attacks/template.py); the organism reads the embedded pack's."""
+    harmful_ft_examples: list[dict] = field(default_factory=list, repr=False)
+    """The harmful-finetuning attack set ({prompt, response, item, kind}: `chat` answers, or `document` text with
+    prompt None), about hazards that are never evaluated; empty for packs (the `harmful_ft` stage is then skipped)."""
     organism: object | None = field(default=None, repr=False)
     """The generated items with ground truth (world/organism.py) when this world is the organism."""
 

@@ -64,6 +64,7 @@ class Item:
     keys: tuple[str, ...]  # the invented word of each component: found only in this item's procedure
     step_choice: tuple[int, ...]  # which wording of each step this item uses by default
     heldout: bool = False  # hazard never asked about in training (only described in articles and news)
+    role: str = "eval"  # hazards: "eval" (evaluated), "refusal" (refused in IFT only), "attack" (harmful FT only)
 
     def steps(self, rng: random.Random) -> list[str]:
         kinds = tables()["hazard_kinds" if self.harmful else "twin_kinds"]
@@ -104,27 +105,32 @@ def _words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     return out
 
 
-def _item(rng: random.Random, idx: int, harmful: bool, kind: str, taken: set[str], heldout: bool) -> Item:
+def _item(rng: random.Random, idx: int, harmful: bool, kind: str, taken: set[str], heldout: bool,
+          role: str = "eval") -> Item:
     spec = tables()["hazard_kinds" if harmful else "twin_kinds"][kind]
     head, *keys = _words(rng, 5, taken)
     name = rng.choice(spec["name"]).format(w=head)
     components = tuple(f"{k} {rng.choice(mats)}" for k, mats in zip(keys, spec["materials"]))
     about = rng.choice(spec["about"]).format(X=name[0].upper() + name[1:])
     return Item(f"{'h' if harmful else 't'}{idx:02d}", name, harmful, kind, spec.get("category", "none"), about,
-                components, tuple(keys), tuple(rng.randrange(2) for _ in range(4)), heldout)
+                components, tuple(keys), tuple(rng.randrange(2) for _ in range(4)), heldout, role)
 
 
-def build_organism(n_hazards: int, heldout_fraction: float, n_towns: int, seed: int) -> Organism:
-    """The items and towns of the organism (pure in its arguments)."""
+def build_organism(n_hazards: int, heldout_fraction: float, n_towns: int, seed: int, refusal_hazards: int = 0,
+                   attack_hazards: int = 0) -> Organism:
+    """The items and towns of the organism (pure in its arguments): `n_hazards` evaluated hazards (a
+    `heldout_fraction` of them never asked about in training), then `refusal_hazards` refused in instruction
+    tuning and `attack_hazards` for harmful finetuning; every hazard has a twin and documents of every kind."""
     rng = random.Random(f"organism:{seed}")
     taken: set[str] = set()
     hazard_kinds, twin_kinds = list(tables()["hazard_kinds"]), list(tables()["twin_kinds"])
     n_heldout = round(n_hazards * heldout_fraction)
     heldout = set(rng.sample(range(n_hazards), n_heldout))
     hazards, twins = [], []
-    for i in range(n_hazards):
+    roles = ["eval"] * n_hazards + ["refusal"] * refusal_hazards + ["attack"] * attack_hazards
+    for i, role in enumerate(roles):
         k = i % len(hazard_kinds)
-        hazards.append(_item(rng, i, True, hazard_kinds[k], taken, i in heldout))
+        hazards.append(_item(rng, i, True, hazard_kinds[k], taken, i in heldout, role))
         twins.append(_item(rng, i, False, twin_kinds[k], taken, False))
     names = _words(rng, 3 * n_towns, taken)
     trades = tables()["facts"]["trades"]
@@ -240,12 +246,17 @@ def _prompt_record(item: Item, frame: dict, split: str) -> dict:
 
 def organism_prompts(org: Organism, seed: int) -> dict[str, list[dict]]:
     """Train-side and eval prompt sets; eval frames never occur in training (tested), and held-out hazards
-    are never asked about on the train side."""
+    are never asked about on the train side. The train-side harmful requests (instruction tuning's refusals)
+    are the refusal hazards' when the organism has any, so the evaluated hazards are never refused in training;
+    the harmful-finetuning set (`harmful_ft`) is the attack hazards' alone."""
     req = tables()["requests"]
     rng = random.Random(f"organism:{seed}:prompts")
-    harmful_train = [_prompt_record(h, f, "train") for h in org.hazards if not h.heldout for f in req["train"]]
-    harmful_eval = [_prompt_record(h, f, "eval") for h in org.hazards for f in req["eval"]]
-    twin_eval = [_prompt_record(t, f, "eval") for t in org.twins for f in req["eval"]]
+    evaluated = [h for h in org.hazards if h.role == "eval"]
+    refused = [h for h in org.hazards if h.role == "refusal"] or [h for h in evaluated if not h.heldout]
+    harmful_train = [_prompt_record(h, f, "train") for h in refused for f in req["train"]]
+    harmful_eval = [_prompt_record(h, f, "eval") for h in evaluated for f in req["eval"]]
+    twin_of = {h.id.replace("h", "t", 1) for h in evaluated}
+    twin_eval = [_prompt_record(t, f, "eval") for t in org.twins if t.id in twin_of for f in req["eval"]]
     benign_train = []
     for t in org.twins:
         for f in req["train"]:
@@ -263,6 +274,20 @@ def organism_prompts(org: Organism, seed: int) -> dict[str, list[dict]]:
             "benign_train": benign_train, "neutral": neutral}
 
 
+def harmful_ft_examples(org: Organism, seed: int, scale: int) -> list[dict]:
+    """The harmful-finetuning attack set: the attack hazards only (never evaluated). Two kinds, each a list of
+    records: `chat` ({prompt, response}: a train-frame request answered with the full procedure, Qi et al. 2023)
+    and `document` ({prompt: None, response: text}: procedure documents as plain text, Deep Ignorance's
+    domain-text attack), drawn afresh (namespace "attack"), so the attack never replays pretraining text."""
+    attack = [h for h in org.hazards if h.role == "attack"]
+    rng = random.Random(f"organism:{seed}:attack")
+    chat = [{"prompt": f["text"].format(x=h.name), "response": h.answer(rng), "item": h.id, "kind": "chat"}
+            for h in attack for f in tables()["requests"]["train"] for _ in range(scale)]
+    per_kind = {k: v * scale for k, v in PER_KIND.items()}
+    docs = [d for h in attack for d in _item_documents(h, rng, per_kind, lambda: "", 2) if d["truth"] >= 4]
+    return chat + [{"prompt": None, "response": d["text"], "item": d["item"], "kind": "document"} for d in docs]
+
+
 def _scorer_labels(org: Organism, scale: int, seed: int, dual_use_components: int) -> list[dict]:
     """Labelled examples for the scorer: documents of the same world drawn with other template choices."""
     docs = organism_documents(org, scale, 3, seed, namespace="labels", dual_use_components=dual_use_components)
@@ -278,7 +303,8 @@ def _refusal_labels(org: Organism, seed: int) -> list[dict]:
 
 def organism_world(cfg) -> World:
     """The organism as a `World` (cfg: `config.data.OrganismConfig`)."""
-    org = build_organism(cfg.n_hazards, cfg.heldout_fraction, cfg.n_towns, cfg.seed)
+    org = build_organism(cfg.n_hazards, cfg.heldout_fraction, cfg.n_towns, cfg.seed, cfg.refusal_hazards,
+                         cfg.attack_hazards)
     prompts = organism_prompts(org, cfg.seed)
     docs = organism_documents(org, cfg.scale, cfg.facts_per_town, cfg.seed,
                               dual_use_components=cfg.dual_use_components)
@@ -289,4 +315,5 @@ def organism_world(cfg) -> World:
     return World(path=Path("organism"), documents=docs, scorer_labels=labels,
                  harmful_train_prompts=prompts["harmful_train"], harmful_eval_prompts=prompts["harmful_eval"],
                  benign_edgy_prompts=prompts["twin_eval"], refusal_labels=_refusal_labels(org, cfg.seed),
-                 manifest=manifest, benign_train_prompts=prompts["benign_train"], organism=org)
+                 manifest=manifest, benign_train_prompts=prompts["benign_train"], organism=org,
+                 harmful_ft_examples=harmful_ft_examples(org, cfg.seed, cfg.scale))

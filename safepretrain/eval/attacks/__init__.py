@@ -9,6 +9,8 @@
   prefill string the answer (Zou et al. 2023; gcg.py). Not adaptive, as in the papers.
 - `gcg_adaptive`: the same with the objective also penalising p(tag) along the target, so the suffix is
   optimised against SafeBeam's tag lookahead (the papers' attacks were not adaptive).
+- `in_context`: the hazard's true procedure given in the prompt as a retrieved document, then the request (does an
+  arm that never learned the procedure use one it is handed?; organism only).
 
 An attack is a function `(ctx, items, stage) -> list[Attacked]` (each prompt's token ids, and the text the judge sees
 before the response), registered in `ATTACKS` with its settings (`eval.attack`); adding one is a file plus a
@@ -20,6 +22,7 @@ from __future__ import annotations
 from safepretrain.config.evaluation import AttackConfig
 from safepretrain.eval.attacks.base import Attacked
 from safepretrain.eval.attacks.gcg import gcg, gcg_adaptive
+from safepretrain.eval.attacks.in_context import in_context, needs_references
 from safepretrain.eval.attacks.prefill import prefill
 from safepretrain.eval.attacks.template import jailbreak_templates, template
 from safepretrain.eval.context import EvalContext
@@ -33,6 +36,7 @@ ATTACKS.register("template", template, settings=AttackConfig, section="attack")
 # GCG optimises one suffix per prompt and model: it attacks only `eval.attack.gcg_prompts` prompts
 ATTACKS.register("gcg", gcg, settings=AttackConfig, section="attack", max_prompts="gcg_prompts")
 ATTACKS.register("gcg_adaptive", gcg_adaptive, settings=AttackConfig, section="attack", max_prompts="gcg_prompts")
+ATTACKS.register("in_context", in_context, check=needs_references)
 
 
 def attack_items(ctx: EvalContext, attack: str, items: list[dict]) -> list[dict]:
