@@ -110,6 +110,7 @@ KILL_POINTS = [
     ("evaluation", "eval/raw/seed0/base/.config_hash", 0.5),  # a file: the eval step has started
     ("instruction tuning", r"\[ift raw s0\] step 00005/", 0.0),
     ("benign finetuning", r"\[benign_ft raw s0\] step 00003/", 0.0),
+    ("harmful finetuning", r"\[harmful_ft raw s0\] step 00003/", 0.0),
     ("report", r"report: \d+ arms", 0.2),
 ]
 
@@ -201,5 +202,5 @@ def test_sigkill_in_every_stage_then_resume_equals_an_uninterrupted_study(tmp_pa
     assert sections[0] == sections[1] and len(sections[0]) > 10  # the resumed study's HTML report is whole
     log = (killed / "study.log").read_text()
     evaluations = re.findall(r"\[eval [^\]]+\]", log)
-    assert len(evaluations) == len(set(evaluations)) == 9  # 3 arms x 3 stages, none evaluated twice
+    assert len(evaluations) == len(set(evaluations)) == 12  # 3 arms x 4 stages, none evaluated twice
     assert log.count("study done in") == 1 and "INCOMPLETE" not in (killed / "report" / "report.md").read_text()
