@@ -1,23 +1,30 @@
 # The two commands of the README:  `make study`  and  `make test`.
-# Both create .venv on first use: torch==2.13.0 FIRST (any other torch pulls a multi-GB CUDA build),
-# then this package with its dev extra.
+# Both create .venv on first use, with the tested torch installed FIRST and passed again with each later install so
+# that nothing moves it (any other torch here pulls a multi-GB CUDA build). The pin is this recipe's, not the
+# package's: pyproject.toml asks only for a torch range, so an environment with its own torch keeps it.
+# `make study` installs the runtime alone; `make test` adds the dev, cluster (ray) and clients extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
+TORCH ?= torch==2.13.0
 
 .PHONY: study test browser smoke bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e . '$(TORCH)'
 	touch $@
 
-study: $(BIN)/.installed
+$(BIN)/.dev: $(BIN)/.runtime
+	$(BIN)/pip install --quiet -e '.[dev,cluster,clients]' '$(TORCH)'
+	touch $@
+
+study: $(BIN)/.runtime
 	$(BIN)/safepretrain study $(CONFIG)
 
-test: $(BIN)/.installed browser
+test: $(BIN)/.dev browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -28,10 +35,10 @@ browser:
 	    (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium) >/dev/null 2>&1 || \
 	    echo "note: chromium could not be installed; the HTML report's browser test will be skipped" )
 
-smoke: $(BIN)/.installed
+smoke: $(BIN)/.runtime
 	$(BIN)/safepretrain study configs/smoke.yaml
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.runtime
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:

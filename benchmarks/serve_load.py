@@ -134,9 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, params = make_checkpoint(Path(tmp), args.preset)
         proc, url = start_server(ckpt, args.concurrency, args.max_tokens)
+        model = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["id"]  # the checkpoint's path in its run
         try:
-            load(url, ckpt.name, "topk", 2 * args.concurrency, args.concurrency, args.max_tokens, 30)  # warm-up
-            runs = [load(url, ckpt.name, d, args.requests, args.concurrency, args.max_tokens, args.max_seconds)
+            load(url, model, "topk", 2 * args.concurrency, args.concurrency, args.max_tokens, 30)  # warm-up
+            runs = [load(url, model, d, args.requests, args.concurrency, args.max_tokens, args.max_seconds)
                     for d in (args.decoder or ["topk", "safebeam"])]
         finally:
             proc.terminate()

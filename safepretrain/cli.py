@@ -1,6 +1,7 @@
 """Command line: thin wrappers that parse arguments and call the library.
 
-    safepretrain study [CONFIG] [--out DIR] [--dry-run | --status] [--launcher L] [--only PART] [key=value ...]
+    safepretrain study [CONFIG] [--out DIR] [--dry-run | --status] [--launcher L] [--only PART] [--force]
+                       [key=value ...]
     safepretrain report RUN_DIR
     safepretrain eval RUN_DIR|CHECKPOINT... --task T [--prompts FILE] [--decoder D] [--judge J] [--arm A --seed K
                       --stage S] [--all-steps]
@@ -28,7 +29,7 @@ def _error(err: object) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from safepretrain.run.checks import load_study, validate_against_world
+    from safepretrain.run.checks import check_same_study, load_study, validate_against_world
     from safepretrain.run.launchers import LAUNCHERS, local
     from safepretrain.run.parts import LaunchError, parse_part
     from safepretrain.run.status import status_table, study_status
@@ -56,7 +57,10 @@ def _study(args: argparse.Namespace) -> int:
     rundir = RunDir(cfg.run_dir)
     if args.status:  # of the run as it was started: its own study.yaml when there is one
         run_cfg = rundir.load_config() if rundir.study_yaml.is_file() else cfg
-        print(status_table(study_status(run_cfg), rundir.root))
+        try:
+            print(status_table(study_status(run_cfg), rundir.root))
+        except RunDirError as err:  # not a run directory: say so, not "112 pending"
+            return _error(err)
         return 0
     launcher = LAUNCHERS[cfg.launch.launcher]
     if args.dry_run:  # the plan (and memory estimate) even when inputs are not there yet; their problems after it
@@ -67,6 +71,7 @@ def _study(args: argparse.Namespace) -> int:
     try:
         part = parse_part(args.only, cfg) if args.only else None
         check_run_dir(rundir.root)
+        check_same_study(cfg, args.force)  # before anything rewrites study.yaml or wipes a step
         if part is None and not launcher.options.get("needs_inputs", True):  # e.g. Slurm scripts, written now
             return launcher.build(cfg, args.dry_run)
         validate_against_world(cfg)
@@ -102,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
             out = None if not args.out else Path(args.out) / target.name if len(targets) > 1 else Path(args.out)
             out = run_eval(target, tasks=args.task, decoders=args.decoder, judges=args.judge,
                            prompts_file=Path(args.prompts) if args.prompts else None, column=args.column,
-                           arm=args.arm, seed=args.seed, stage=args.stage, out=out)
+                           arm=args.arm, seed=args.seed, stage=args.stage, out=out, max_prompts=args.max_prompts)
             print(f"results: {out}")
     except EvalInputError as err:
         return _error(err)
@@ -123,12 +128,14 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from safepretrain.serve import ServeError, serve
 
-    if args.max_concurrency < 1 or args.max_tokens_cap < 1 or args.max_request_bytes < 1:
-        print("error: --max-concurrency, --max-tokens-cap and --max-request-bytes must be at least 1", file=sys.stderr)
+    if min(args.max_concurrency, args.max_tokens_cap, args.max_request_bytes, args.max_request_memory_mib) < 1:
+        print("error: --max-concurrency, --max-tokens-cap, --max-request-bytes and --max-request-memory-mib must be "
+              "at least 1", file=sys.stderr)
         return 2
     try:
         serve(Path(args.checkpoint), host=args.host, port=args.port, max_concurrency=args.max_concurrency,
-              max_tokens_cap=args.max_tokens_cap, max_request_bytes=args.max_request_bytes, device=args.device)
+              max_tokens_cap=args.max_tokens_cap, max_request_bytes=args.max_request_bytes,
+              max_request_memory_mib=args.max_request_memory_mib, device=args.device)
     except ServeError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     from safepretrain.eval.decoders import DECODERS
     from safepretrain.eval.judges import JUDGES
     from safepretrain.eval.tasks import task_names
+    from safepretrain.run.adhoc import MAX_PROMPTS
     from safepretrain.run.launchers import LAUNCHERS
     from safepretrain.rundir import STAGE_NAMES
 
@@ -198,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", metavar="PART",
                    help="run one part: prepare, trunk:SEED, arm:NAME:SEED or report (what the launchers run)")
     s.add_argument("--status", action="store_true",
-                   help="list every step of the run directory: done / running / failed / interrupted / pending, "
-                        "with wall times and the log of a failure")
+                   help="list every step of the run directory: done / running / failed / interrupted / missing / "
+                        "corrupt / pending, with wall times and the log of a failure")
+    s.add_argument("--force", action="store_true",
+                   help="start even when --out holds another study (another name or world): its steps are wiped "
+                        "and recomputed as needed")
     s.set_defaults(func=_study)
 
     r = sub.add_parser("report", help="rebuild report.md / results.csv / plots from a run directory")
@@ -218,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decoder", action="append", choices=list(DECODERS),
                    help="decoder (repeatable); default: the run's eval.decoders")
     e.add_argument("--prompts", help="prompt file (.txt, .jsonl or .csv) replacing the bundled prompts")
-    e.add_argument("--column", help="field/column of the prompt in a .jsonl/.csv file (default: prompt)")
+    e.add_argument("--column", help="field/column of the prompt in a .jsonl/.csv file (default: prompt); a `hazard` "
+                                    "field/column names each prompt's organism item for the exact judge")
+    e.add_argument("--max-prompts", type=int, default=MAX_PROMPTS,
+                   help=f"refuse a prompt file with more prompts than this (default: {MAX_PROMPTS})")
     e.add_argument("--arm")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--stage", help=f"{', '.join(STAGE_NAMES)} (default: from the checkpoint's folder)")
@@ -238,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generations at once; more requests queue, and 429 once the queue is full")
     v.add_argument("--max-tokens-cap", type=int, default=256, help="largest max_tokens a request may ask for")
     v.add_argument("--max-request-bytes", type=int, default=65536, help="largest request body (else 413)")
+    v.add_argument("--max-request-memory-mib", type=int, default=1024,
+                   help="largest estimated KV-cache + activation memory of one request, MiB (else 400); up to "
+                        "--max-concurrency requests hold it at once")
     v.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     v.set_defaults(func=_serve)
 
@@ -275,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CorruptFileError as err:  # a truncated or edited file of a run: name it, no traceback
         return _error(err)
+    except Exception as err:
+        # a checkpoint that cannot be written (full disk) or no longer fits the run's config, from any command: its
+        # message names the fix. Looked up, not imported: a CheckpointError exists only once its module is loaded,
+        # and `--help` or `report` need no torch
+        checkpoint = sys.modules.get("safepretrain.train.checkpoint")
+        if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
+            return _error(err)
+        raise
 
 
 if __name__ == "__main__":

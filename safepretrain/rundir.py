@@ -4,6 +4,7 @@ relative to it, and loading a checkpoint's own config, tokenizer and model for t
 ```
 runs/<study>/.safepretrain-run  marker: this folder is a run directory (nothing else is ever written into)
   .lock                        held (flock, exclusive) by the one study process working here
+  .lock.<part> .lock.step-data  a launched part's own lock (it holds .lock shared); the data stage's (StepLock)
   study.yaml manifest.json study.log [failed.json] [logs/ launch/]
   scoring/ data/ judge/                          (data/pipeline.py, eval/judges)
   trunk/seed<k>/                                 the shared safe-only trunk (run/stages.py)
@@ -36,7 +37,7 @@ from safepretrain.data.records import read_stream
 from safepretrain.data.tokenizer import TextTokenizer
 from safepretrain.train.checkpoint import load_model, resolve_device
 from safepretrain.train.model import Transformer
-from safepretrain.utils import read_json
+from safepretrain.utils import log, read_marker
 
 RUN_MARKER = ".safepretrain-run"
 LOCK_FILE = ".lock"
@@ -160,6 +161,35 @@ class RunLock:
                 setattr(self, name, None)
 
 
+class StepLock:
+    """Exclusive, blocking lock on one step that every part of a study shares (the data stage). Launched parts hold
+    the run's lock shared, so two parts started together on a fresh run would both build that step in the same
+    folders; under this lock the first builds it and the others wait, then find it done. Released by the kernel
+    when the process dies, like `RunLock`."""
+
+    def __init__(self, run_dir: Path, step: str):
+        self.file, self.step = RunDir(run_dir).scope_lock_file(f"step-{step}"), step
+        self._fd: int | None = None
+
+    def __enter__(self) -> StepLock:
+        self.file.parent.mkdir(parents=True, exist_ok=True)  # a library call may build the step in a new folder
+        (self.file.parent / RUN_MARKER).touch()  # ... which, like RunLock's, is a run directory from now on
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"{self.step}: another part of this study is running the step; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 def relative_to_run(path: Path, run_dir: Path) -> str:
     """`path` as stored in the run's JSON files: relative to the run directory."""
     return os.path.relpath(Path(path).resolve(), Path(run_dir).resolve())
@@ -274,7 +304,7 @@ class RunDir:
         done = self.stage_dir(arm, seed, FOLDER_OF_STAGE[stage]) / "done.json"
         if not done.is_file():
             raise RunDirError(f"{done.parent} has no finished checkpoint; run the study first")
-        return inside_run(read_json(done)["checkpoint"], self.root)
+        return inside_run(read_marker(done)["checkpoint"], self.root)
 
     # ---- evaluation
     def eval_dir(self, arm: str, seed: int, stage: str) -> Path:
@@ -323,9 +353,12 @@ class RunDir:
 
     def model(self, cfg: StudyConfig, checkpoint: Path, device: str | torch.device = "cpu",
               tok: TextTokenizer | None = None) -> Transformer:
-        """The model of `checkpoint` (a folder of this run), with the run's shape and vocabulary, in eval mode."""
-        vocab = (tok or self.tokenizer(cfg)).vocab_size
-        return load_model(cfg.model.model_copy(update={"vocab_size": vocab}), checkpoint, resolve_device(str(device)))
+        """The model of `checkpoint` (a folder of this run), in eval mode, built from the config its state.json
+        records; raises CheckpointError where the run's config or tokenizer now differs from what it was trained
+        with (train/checkpoint.py `recorded_config`)."""
+        tok = tok or self.tokenizer(cfg)
+        return load_model(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}), checkpoint,
+                          resolve_device(str(device)), tokenizer_sha256=tok.sha256)
 
     def stream(self, name: str) -> list[dict]:
         """The documents of one stream of the data stage."""

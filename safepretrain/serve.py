@@ -1,73 +1,124 @@
 """`safepretrain serve CHECKPOINT`: an OpenAI-compatible HTTP server over one checkpoint, so red-teaming tools
 (garak, PyRIT, inspect_ai) can attack our models with our own decoders, SafeBeam included.
 
-    GET  /v1/models              the one model, named after the checkpoint folder
+    GET  /v1/models              the one model, named by its path in the run (arms/raw/seed0/ift/ckpt/step_000064),
+                                 with its context length
     POST /v1/completions         raw prompt text (base models: the papers' "Question: …\\nAnswer:" layout is up to you)
     POST /v1/chat/completions    messages rendered in the training chat format (data/chat.py)
 
 Extra body fields pick the decoder per request: `decoder` (a name from eval/decoders' registry: topk, beam,
 safebeam, ...) and the fields of that decoder's settings model (`top_k` for `k`, `temperature`, `seed`;
 `beam_size`, `candidates_per_beam`, `drop_fraction`, `short_circuit`, `length_penalty`); unset ones take the run's
-eval settings. A SafeBeam answer that
-short-circuited on the harmfulness tag has finish_reason "content_filter" and `safepretrain.short_circuit`
-true on its choice.
+eval settings. A SafeBeam answer that short-circuited on the harmfulness tag has finish_reason "content_filter"
+and `safepretrain.short_circuit` true on its choice.
+
+Every text a request brings (prompts, every message) is external: literal special-token strings in it (`<|user|>`,
+`<|end|>`, `<|assistant|>`, the tag, end-of-text) are made inert with the corpus's rule
+(`data.read_step.neutralise_special`), so a user string can neither forge a turn nor plant the tag.
 
 Limits, because a server is an attack surface of its own: it binds loopback by default; bodies above
-`max_request_bytes` get 413, `max_tokens` above `max_tokens_cap` 400, and at most `max_concurrency`
-generations run at once while up to QUEUE_PER_SLOT × that many wait in line (beyond that: 429).
-Generation runs in worker threads under `torch.inference_mode`, so the event loop keeps answering.
+`max_request_bytes` get 413; `max_tokens` above `max_tokens_cap` 400; a prompt that with `max_tokens` does not
+fit the model's context 400 `context_length_exceeded` (never cut silently); a request whose estimated KV-cache
+and activation memory (`train.memory.estimate_decode_memory`) is above `max_request_memory_mib` 400; at most
+`max_concurrency` generations run at once while up to QUEUE_PER_SLOT × that many wait in line (beyond that:
+429). Every error is OpenAI's body `{"error": {"message", "type", "param", "code"}}`: invalid bodies 400, and an
+unexpected failure a JSON 500 that leaves the keep-alive connection usable. Generation runs in worker threads
+under `torch.inference_mode`, so the event loop keeps answering, and stops at the next token once the client
+has disconnected.
 
 Streaming (`stream: true`) sends OpenAI chunks ending with `data: [DONE]`. The decoders are batch functions
 (beam search cannot emit a token before the search ends), so chunks are sent once the answer is complete,
 one per token; their text concatenates to exactly the non-streamed text.
+
+The request models take only what the server honours today; OpenAI fields it does not (stop, logprobs, echo,
+top_p, token-id prompts, n > 1) are ignored or refused by their own field, so honouring one later is one field
+and one step of `plan`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import secrets
+import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import uvicorn
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException
 
 from safepretrain.config import ConfigError
 from safepretrain.data.chat import chat_prompt_ids
-from safepretrain.data.tokenizer import TextTokenizer
+from safepretrain.data.read_step import neutralise_special
+from safepretrain.data.tokenizer import TextTokenizer, special_tokens
 from safepretrain.eval.decoders import DECODERS, Generation, decode, decoder_settings
-from safepretrain.rundir import RunDir, RunDirError
+from safepretrain.rundir import RunDir, RunDirError, relative_to_run
+from safepretrain.train.memory import estimate_decode_memory
 
 QUEUE_PER_SLOT = 4  # waiting requests per concurrency slot before 429: bounded memory, smooth bursts
 MAX_PROMPTS = 16  # prompts per /v1/completions request
 FINISH = {"stop": "stop", "length": "length", "tag": "content_filter"}  # Generation.stopped → OpenAI
+MIN_TEMPERATURE = 0.01  # below it (but above 0, which is greedy) logits / temperature overflow to inf → NaN probs
+# SafeBeam drops floor(drop_fraction · n + 1e-6) of n candidates: up to 0.99 that leaves one for every n ≤ 10⁴
+MAX_DROP_FRACTION = 0.99
+MAX_LENGTH_PENALTY = 10.0  # len ** penalty stays a float (len ≤ max_seq_len); above, Python's ** overflows
+DISCONNECT_POLL_S = 0.1  # how often a running generation checks that its client is still there
+MIB = 2**20
+
+log = logging.getLogger("safepretrain.serve")
 
 
 class ServeError(Exception):
-    """A request (or the checkpoint) cannot be served; becomes `{"error": {"message", "type"}}` with `status`."""
+    """A request (or the checkpoint) cannot be served; becomes OpenAI's error body with `status`."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+class Cancelled(Exception):
+    """The client went away: its generation stopped at the next forward pass."""
 
 
 @dataclass
 class ServedModel:
-    name: str
+    name: str  # the checkpoint's path inside its run: unique per arm, seed, stage and step
     model: Any  # an eval.decoders.DecoderModel (safepretrain.train.model.Transformer)
     tok: TextTokenizer
     tag_id: int | None  # None: the tokenizer has no tag, so SafeBeam cannot run
     eval_cfg: Any  # the run's EvalConfig: default decoder settings and max_tokens
+
+
+def check_device(device: str) -> None:
+    """Refuse, with the fix, a device this machine does not have (torch would fail deep inside loading)."""
+    if device in ("auto", "cpu"):
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()) or (kind == "mps" and index):
+        raise ServeError(400, f"--device {device}: not a device name; use cpu, cuda, cuda:N, mps or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ServeError(400, "--device mps: this machine has no usable MPS device; use --device cpu or auto")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ServeError(400, f"--device {device}: torch sees no CUDA device here (torch {torch.__version__}, "
+                                  f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu, or auto to take "
+                                  "a GPU when there is one")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ServeError(400, f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                                  f"device(s), numbered from 0")
 
 
 def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
@@ -75,6 +126,7 @@ def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
     if not (checkpoint / "model.safetensors").is_file():
         raise ServeError(400, f"{checkpoint} is not a checkpoint folder (no model.safetensors); give e.g. "
                               "RUN/arms/raw/seed0/ift/ckpt/step_000064")
+    check_device(device)
     try:
         rundir = RunDir.containing(checkpoint.resolve())
         cfg = rundir.load_config()
@@ -82,77 +134,135 @@ def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
         raise ServeError(400, str(err)) from None
     tok = rundir.tokenizer(cfg)
     model = rundir.model(cfg, checkpoint, device, tok)
-    return ServedModel(checkpoint.resolve().name, model, tok, tok.tag_id, cfg.eval)
+    # the folder name alone (step_000064) is the same for every arm, seed and stage
+    return ServedModel(relative_to_run(checkpoint, rundir.root), model, tok, tok.tag_id, cfg.eval)
 
 
 # --------------------------------------------------------------------------- request bodies
-class _Body(BaseModel):
-    # unknown OpenAI fields (logprobs, stop, user, …) are ignored, as OpenAI-compatible servers do
-    model_config = ConfigDict(extra="ignore")
+def _utf8(text: str) -> str:
+    # JSON may escape a lone surrogate (\ud800); no tokenizer (nor UTF-8) can carry it. The text is not echoed.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"not valid Unicode: a lone surrogate at character {err.start}; send UTF-8 text") from None
+    return text
 
-    model: str | None = None
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+class _Strict(BaseModel):
+    # unknown OpenAI fields (logprobs, stop, user, …) are ignored, as OpenAI-compatible servers do; JSON types are
+    # taken as they are (no "yes" for true, no true for 1); NaN and infinities (Python's json reads `NaN`,
+    # `Infinity` and 1e400) are refused in every float
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class _Body(_Strict):
+    model: Text | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the chat API's newer name for max_tokens
     stream: bool = False
     n: int = Field(1, ge=1, le=1)  # one choice per prompt; ask again (another seed) for more samples
-    decoder: str = "topk"
+    decoder: Text = "topk"
     seed: int | None = Field(None, ge=0, lt=2**63)  # torch.Generator.manual_seed's range
     temperature: float | None = Field(None, ge=0)  # 0 = greedy (eval.decoders.sample_next_token)
     top_k: int | None = Field(None, ge=0)  # 0 = whole vocabulary
     # beam widths are bounded: each prompt holds beam_size × candidates_per_beam cache rows
     beam_size: int | None = Field(None, ge=1, le=16)
     candidates_per_beam: int | None = Field(None, ge=1, le=16)
-    drop_fraction: float | None = Field(None, ge=0, lt=1)
+    drop_fraction: float | None = Field(None, ge=0, le=MAX_DROP_FRACTION)
     short_circuit: bool | None = None
-    length_penalty: float | None = Field(None, ge=0)
+    length_penalty: float | None = Field(None, ge=0, le=MAX_LENGTH_PENALTY)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
 
 
 class CompletionBody(_Body):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextPart(_Strict):
+    """One content part; only text parts mean anything to our models."""
+    type: Text
+    text: Text | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, value: str) -> str:
+        if value != "text":
+            raise ValueError(f"content part type {value[:40]!r} is not supported: these models read text only, "
+                             "so send parts of type 'text'")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _has_text(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("a text part needs its text")
+        return value
+
+
+class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
+    content: list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any) -> Any:  # a plain string is one text part (both shapes are OpenAI's)
+        return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text parts mean anything to our models
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        return self.content or ""
+        return "".join(p.text or "" for p in self.content or [])
 
 
 class ChatBody(_Body):
     messages: list[Message] = Field(min_length=1)
 
 
-def _validation_message(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+def _validation_error(err: ValidationError) -> ServeError:
+    def where(loc: tuple) -> str:  # field names and list indices; not pydantic's tags of union members
+        return ".".join(str(x) for x in loc if isinstance(x, int) or x.isidentifier())
+    errors = err.errors(include_input=False, include_url=False)  # the input is not echoed
+    message = "; ".join(f"{where(e['loc']) or 'body'}: {e['msg']}" for e in errors)
+    return ServeError(400, message, param=where(errors[0]["loc"]) or None)
 
 
 # --------------------------------------------------------------------------- prompts
+def inert(tok: TextTokenizer, text: str) -> str:
+    """External text with its literal special-token strings made inert (the corpus's rule)."""
+    return neutralise_special(text, special_tokens(tok.tag))[0]
+
+
 def chat_ids(tok: TextTokenizer, messages: list[Message]) -> list[int]:
     """The training chat format for a conversation: earlier turns as `<|user|>…<|end|>` / `<|assistant|>…<|end|>`,
     the last user turn via `chat_prompt_ids` (ends with `<|assistant|>`). System/developer messages are dropped,
-    as in the exported chat template: the models were never trained with one."""
+    as in the exported chat template: the models were never trained with one. Every text is made `inert`, so the
+    only chat markers are the ones this function places."""
     turns = [m for m in messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user":
-        raise ServeError(400, "messages must end with a user message (the model answers as the assistant)")
+        raise ServeError(400, "messages must end with a user message (the model answers as the assistant)",
+                         param="messages")
     if not turns[-1].text().strip():
-        raise ServeError(400, "the last user message is empty")
+        raise ServeError(400, "the last user message is empty", param="messages")
     ids: list[int] = []
     for m in turns[:-1]:
-        ids += [tok.user_id if m.role == "user" else tok.assistant_id, *tok.encode(m.text()), tok.end_id]
-    return ids + chat_prompt_ids(tok, turns[-1].text())
+        ids += [tok.user_id if m.role == "user" else tok.assistant_id, *tok.encode(inert(tok, m.text())), tok.end_id]
+    return ids + chat_prompt_ids(tok, inert(tok, turns[-1].text()))
 
 
 def completion_ids(tok: TextTokenizer, prompt: str | list[str]) -> list[list[int]]:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or any(not p.strip() for p in prompts):
-        raise ServeError(400, "empty prompt: give a non-empty string (or a list of them)")
+        raise ServeError(400, "empty prompt: give a non-empty string (or a list of them)", param="prompt")
     if len(prompts) > MAX_PROMPTS:  # one request is one batch: its size bounds the memory a request can take
-        raise ServeError(400, f"{len(prompts)} prompts in one request; at most {MAX_PROMPTS}")
-    return [tok.encode(p) for p in prompts]
+        raise ServeError(400, f"{len(prompts)} prompts in one request; at most {MAX_PROMPTS}", param="prompt")
+    return [tok.encode(inert(tok, p)) for p in prompts]
 
 
 # --------------------------------------------------------------------------- generation
@@ -164,47 +274,96 @@ class Plan:
     max_tokens: int
     seed: int
     settings: BaseModel
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next forward pass
 
 
-def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int) -> Plan:
+def request_memory(served: ServedModel, settings: BaseModel, prompts: list[list[int]], max_tokens: int) -> int:
+    """`estimate_decode_memory` of a request: the served model's shape and dtype, its prompts, the decoder's rows."""
+    m = served.model.cfg
+    # a beam decoder's settings have a width: beam_size x candidates_per_beam rows per prompt, the widest layout
+    # the beam loops have used (a bound for a narrower one); sampling holds one row per prompt
+    rows = getattr(settings, "beam_size", 1) * getattr(settings, "candidates_per_beam", 1)
+    return estimate_decode_memory(d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+                                  n_kv_heads=m.n_kv_heads, ffn_hidden=m.ffn_hidden, vocab=served.tok.vocab_size,
+                                  prompts=len(prompts), prompt_len=max(len(p) for p in prompts),
+                                  max_new_tokens=max_tokens, rows_per_prompt=rows,
+                                  dtype_bytes=next(served.model.parameters()).element_size())
+
+
+def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int,
+         memory_limit: int | None = None) -> Plan:
+    """Check a request against the model and the server's limits; `memory_limit` in bytes (None: no limit)."""
     if body.model is not None and body.model != served.name:
-        raise ServeError(404, f"model {body.model!r} is not served here; this server serves {served.name!r}",
-                         "not_found_error")
+        raise ServeError(404, f"model {body.model[:200]!r} is not served here; this server serves {served.name!r}",
+                         "not_found_error", "model", "model_not_found")
     if body.decoder not in DECODERS:
-        raise ServeError(400, f"unknown decoder {body.decoder!r}; choose one of {', '.join(sorted(DECODERS))}")
+        raise ServeError(400, f"unknown decoder {body.decoder[:40]!r}; choose one of {', '.join(sorted(DECODERS))}",
+                         param="decoder")
     if DECODERS[body.decoder].options.get("needs_tag") and served.tag_id is None:
         raise ServeError(400, "SafeBeam needs the harmfulness tag token, and this checkpoint's tokenizer has none; "
-                              "use decoder topk or beam")
+                              "use decoder topk or beam", param="decoder")
     e = served.eval_cfg
-    # default: the eval's length, kept inside the cap and leaving the prompt at least half the context
-    max_tokens = body.max_tokens or body.max_completion_tokens or min(e.max_new_tokens, cap,
-                                                                       served.model.max_seq_len // 2)
-    if max_tokens > cap:
-        raise ServeError(400, f"max_tokens={max_tokens} is above this server's cap of {cap} "
-                              "(--max-tokens-cap); ask for fewer tokens")
-    if max_tokens >= served.model.max_seq_len:
-        raise ServeError(400, f"max_tokens={max_tokens} leaves no room for the prompt: the model's context is "
-                              f"{served.model.max_seq_len} tokens")
+    context = served.model.max_seq_len
+    longest = max(len(p) for p in prompts)
+    where = "messages" if isinstance(body, ChatBody) else "prompt"
+    asked = body.max_tokens or body.max_completion_tokens
+    if asked is not None and asked > cap:
+        raise ServeError(400, f"max_tokens={asked} is above this server's cap of {cap} (--max-tokens-cap); ask for "
+                              "fewer tokens", param="max_tokens")
+    # default: the eval's length within the cap, shortened to what the context leaves (as OpenAI's API does)
+    max_tokens = asked if asked is not None else max(1, min(e.max_new_tokens, cap, context - longest))
+    if longest + max_tokens > context:  # never cut a prompt: its start holds the <|user|> marker
+        raise ServeError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                              f"{longest + max_tokens} tokens ({longest} in the {where}, {max_tokens} in the "
+                              f"completion). Please reduce the length of the {where} or max_tokens.",
+                         param=where, code="context_length_exceeded")
     # the decoder's own settings model (the run's eval section), with the request's values for its fields
-    asked = {"k": body.top_k, "temperature": body.temperature, "beam_size": body.beam_size,
-             "candidates_per_beam": body.candidates_per_beam, "drop_fraction": body.drop_fraction,
-             "short_circuit": body.short_circuit, "length_penalty": body.length_penalty}
+    fields_asked = {"k": body.top_k, "temperature": body.temperature, "beam_size": body.beam_size,
+                    "candidates_per_beam": body.candidates_per_beam, "drop_fraction": body.drop_fraction,
+                    "short_circuit": body.short_circuit, "length_penalty": body.length_penalty}
     base = decoder_settings(body.decoder, e)
     fields = type(base).model_fields
-    settings = base.model_copy(update={k: v for k, v in asked.items() if v is not None and k in fields})
+    settings = base.model_copy(update={k: v for k, v in fields_asked.items() if v is not None and k in fields})
+    memory = request_memory(served, settings, prompts, max_tokens)
+    if memory_limit is not None and memory > memory_limit:
+        raise ServeError(400, f"this request needs an estimated {memory / MIB:,.0f} MiB (KV cache and activations "
+                              f"of {len(prompts)} prompt(s) of up to {longest} tokens, {max_tokens} new tokens, "
+                              f"decoder {body.decoder}); this server allows {memory_limit / MIB:,.0f} MiB per "
+                              "request (--max-request-memory-mib): send fewer or shorter prompts, fewer max_tokens "
+                              "or a narrower beam (beam_size × candidates_per_beam)", code="request_too_large")
     # no seed → a fresh one, so repeated requests sample differently (as OpenAI's API does); it is echoed back
     seed = body.seed if body.seed is not None else secrets.randbits(31)
     return Plan(body.decoder, prompts, max_tokens, seed, settings)
 
 
+class _Cancellable:
+    """The served model as the decoders see it, except that every method call first checks the request's cancel
+    flag: the decoding loops call the model once per token, so a gone client's search stops within a token
+    without the decoders knowing about requests."""
+
+    def __init__(self, model: Any, cancel: threading.Event):
+        self._model, self._cancel = model, cancel
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._model, name)
+        if not callable(value) or not hasattr(value, "__self__"):  # properties, tensors, submodules: as they are
+            return value
+
+        def checked(*args, **kwargs):
+            if self._cancel.is_set():
+                raise Cancelled
+            return value(*args, **kwargs)
+        return checked
+
+
 def run_plan(served: ServedModel, p: Plan) -> list[Generation]:
     """Blocking: runs in a worker thread. Each request has its own generator and caches, so threads share only
-    the (read-only) weights."""
+    the (read-only) weights. Raises Cancelled once `p.cancel` is set."""
     tok = served.tok
     with torch.inference_mode():
-        return decode(p.decoder, served.model, p.prompts, settings=p.settings, max_new_tokens=p.max_tokens,
-                      stop_ids={tok.eos_id, tok.end_id}, pad_id=tok.pad_id, tag_id=served.tag_id, seed=p.seed,
-                      batch_size=len(p.prompts))
+        return decode(p.decoder, _Cancellable(served.model, p.cancel), p.prompts, settings=p.settings,
+                      max_new_tokens=p.max_tokens, stop_ids={tok.eos_id, tok.end_id}, pad_id=tok.pad_id,
+                      tag_id=served.tag_id, seed=p.seed, batch_size=len(p.prompts))
 
 
 def text_deltas(tok: TextTokenizer, tokens: list[int]) -> Iterator[str]:
@@ -232,25 +391,63 @@ def _usage(p: Plan, gens: list[Generation]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class CatchAll:
+    """ASGI middleware: an exception no handler took becomes a JSON 500 here. Starlette's own last-resort handler
+    answers plain text and re-raises, and uvicorn then drops the connection, so the client's next request on it
+    fails; this one answers and returns, so the connection stays usable. The traceback goes to the log (the
+    exception's type and place, not the request's text)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as err:
+            log.error("%s %s failed with %s (a server bug; the client got a JSON 500)", scope.get("method"),
+                      scope.get("path"), type(err).__name__, exc_info=True)
+            if started:  # a stream already under way cannot change its status any more
+                raise
+            body = error_body(f"internal server error ({type(err).__name__}); the server log has the traceback",
+                              "server_error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
 # --------------------------------------------------------------------------- the app
 def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap: int = 256,
-               max_request_bytes: int = 65536) -> FastAPI:
+               max_request_bytes: int = 65536, max_request_memory_mib: int | None = 1024) -> FastAPI:
+    """The OpenAI-compatible app over `served`; `max_request_memory_mib` None: no memory limit."""
     app = FastAPI(title="safepretrain serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CatchAll)
     slots = asyncio.Semaphore(max_concurrency)
     waiting = 0  # requests holding or waiting for a slot (one event loop, so a plain counter is safe)
     created = int(time.time())
-
-    def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    memory_limit = None if max_request_memory_mib is None else max_request_memory_mib * MIB
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, err: ServeError):
-        return error(err.status, err.message, err.kind, {"Retry-After": "1"} if err.status == 429 else None)
+        return JSONResponse(error_body(err.message, err.kind, err.param, err.code), status_code=err.status,
+                            headers={"Retry-After": "1"} if err.status == 429 else None)
 
     @app.exception_handler(HTTPException)  # unknown paths and methods: the same error shape as the rest
     async def _http_error(_: Request, err: HTTPException):
-        return error(err.status_code, str(err.detail), "invalid_request_error" if err.status_code < 500 else
-                     "server_error")
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(err.detail), kind), status_code=err.status_code)
 
     async def read_body(request: Request, schema: type[_Body]) -> _Body:
         """The body as `schema`, read in chunks so that an oversized one is refused before it is all in memory."""
@@ -265,17 +462,17 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
                 raise ServeError(413, f"request body is over the limit of {max_request_bytes} bytes "
                                       "(--max-request-bytes)", "request_too_large")
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            data = json.loads(raw, parse_constant=_no_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
             raise ServeError(400, f"request body is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ServeError(400, "request body must be a JSON object")
         try:
             return schema.model_validate(data)
         except ValidationError as err:
-            raise ServeError(400, _validation_message(err)) from None
+            raise _validation_error(err) from None
 
-    async def generate(p: Plan) -> list[Generation]:
+    async def generate(request: Request, p: Plan) -> list[Generation]:
         nonlocal waiting
         if waiting >= max_concurrency * (1 + QUEUE_PER_SLOT):
             raise ServeError(429, f"server busy: {max_concurrency} generations running and the queue is full; "
@@ -283,7 +480,19 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
         waiting += 1
         try:
             async with slots:
-                return await asyncio.to_thread(run_plan, served, p)
+                work = asyncio.ensure_future(asyncio.to_thread(run_plan, served, p))
+                try:
+                    # the worker cannot be interrupted from here: watch the client, and let the decoding loop
+                    # see the flag at its next token; the slot is held until the worker has really stopped
+                    while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+                        if not p.cancel.is_set() and await request.is_disconnected():
+                            p.cancel.set()
+                    return work.result()
+                finally:
+                    p.cancel.set()  # (a no-op once done; stops the worker if this handler itself is cancelled)
+        except Cancelled:
+            raise ServeError(499, "the client closed the request; its generation was stopped",
+                             code="client_closed_request") from None
         finally:
             waiting -= 1
 
@@ -297,15 +506,16 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
-                                            "owned_by": "safepretrain"}]}
+                                            "owned_by": "safepretrain",
+                                            "context_length": served.model.max_seq_len}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_body(request, CompletionBody)
-        p = plan(served, body, completion_ids(served.tok, body.prompt), max_tokens_cap)
+        p = plan(served, body, completion_ids(served.tok, body.prompt), max_tokens_cap, memory_limit)
         if body.stream and len(p.prompts) > 1:
-            raise ServeError(400, "stream: true takes a single prompt")
-        gens = await generate(p)
+            raise ServeError(400, "stream: true takes a single prompt", param="stream")
+        gens = await generate(request, p)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
         if not body.stream:
@@ -324,8 +534,8 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_body(request, ChatBody)
-        p = plan(served, body, [chat_ids(served.tok, body.messages)], max_tokens_cap)
-        g = (await generate(p))[0]
+        p = plan(served, body, [chat_ids(served.tok, body.messages)], max_tokens_cap, memory_limit)
+        g = (await generate(request, p))[0]
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if not body.stream:
             return {**head, "object": "chat.completion", "usage": _usage(p, [g]), "choices": [{
@@ -345,16 +555,45 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
     return app
 
 
-def serve(checkpoint: Path, *, host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 4,
-          max_tokens_cap: int = 256, max_request_bytes: int = 65536, device: str = "cpu") -> None:
-    """Load the checkpoint and serve it until interrupted (blocking)."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json reads NaN / Infinity unless told not to
 
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, made before the model loads: a busy port is a one-line error at once, not a
+    traceback after loading (and no "serving on …" line for a server that never served)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise ServeError(400, f"--host {host}: {err.strerror}; give an address such as 127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a TIME_WAIT port is free
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ServeError(400, f"port {port} on {host} is already in use (another server?); stop it or pick "
+                                  "another with --port") from None
+        raise ServeError(400, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    return sock
+
+
+def serve(checkpoint: Path, *, host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 4,
+          max_tokens_cap: int = 256, max_request_bytes: int = 65536, max_request_memory_mib: int = 1024,
+          device: str = "cpu") -> None:
+    """Load the checkpoint and serve it until interrupted (blocking)."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {host}: the server has no authentication, so anyone who can reach this port can "
               "use it", file=sys.stderr, flush=True)
-    served = load_served(checkpoint, device)
-    app = create_app(served, max_concurrency=max_concurrency, max_tokens_cap=max_tokens_cap,
-                     max_request_bytes=max_request_bytes)
-    print(f"serving {served.name} on http://{host}:{port}/v1 (OpenAI API; decoders: {', '.join(sorted(DECODERS))})",
-          flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = bind(host, port)
+    try:
+        served = load_served(checkpoint, device)
+        app = create_app(served, max_concurrency=max_concurrency, max_tokens_cap=max_tokens_cap,
+                         max_request_bytes=max_request_bytes, max_request_memory_mib=max_request_memory_mib)
+        print(f"serving {served.name} on http://{host}:{port}/v1 (OpenAI API; decoders: "
+              f"{', '.join(sorted(DECODERS))})", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()

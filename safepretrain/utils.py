@@ -85,6 +85,17 @@ def read_json(path: Path) -> Any:
                                "of the step that wrote it to recompute it") from None
 
 
+def read_marker(path: Path) -> dict:
+    """A step's `done.json` (StepMarker): a JSON object whose `checksums`, when present, is an object too; anything
+    else (a list, a number, edited by hand or written by another tool) raises CorruptFileError naming the fix."""
+    info = read_json(path)
+    if not isinstance(info, dict) or not isinstance(info.get("checksums", {}), dict):
+        raise CorruptFileError(f"{path} is valid JSON but not a step marker (a JSON object with the step's config "
+                               "hash and checksums); it was edited or written by something else. Delete the folder "
+                               "of the step that wrote it to recompute it")
+    return info
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -146,22 +157,32 @@ class StepMarker:
         if not self.done_file.is_file():
             return False
         try:
-            info = read_json(self.done_file)
+            info = read_marker(self.done_file)
         except CorruptFileError as err:
             log.warning(f"{err}; recomputing the step")
             self.corrupt = True
             return False
         if info.get("config_hash") != self.hash:
             return False
+        if changed := self.changed_outputs(info):
+            log.warning(f"{changed[0]}: the file was truncated, changed or removed since the step wrote it; "
+                        "recomputing the step")
+            self.corrupt = True
+            return False
+        return True
+
+    def changed_outputs(self, info: dict, first_only: bool = True) -> list[str]:
+        """`PATH: checksum mismatch (recorded …, found …)` for the recorded outputs (of `info`, this folder's
+        done.json) that are missing or changed since `finish`; by default it stops at the first one."""
+        changed = []
         for rel, digest in info.get("checksums", {}).items():
             path = self.folder / rel
             found = sha256_file(path) if path.is_file() else "missing"
             if found != digest:
-                log.warning(f"{path}: checksum mismatch (recorded {digest[:12]}, found {found[:12]}): the file was "
-                            "truncated, changed or removed since the step wrote it; recomputing the step")
-                self.corrupt = True
-                return False
-        return True
+                changed.append(f"{path}: checksum mismatch (recorded {digest[:12]}, found {found[:12]})")
+                if first_only:
+                    break
+        return changed
 
     def start(self) -> None:
         """Begin (or resume) the step: keep partial outputs of the same config, wipe our own others."""
@@ -190,7 +211,7 @@ class StepMarker:
         write_json(self.done_file, {"config_hash": self.hash, **info, **took, "checksums": sums})
 
     def info(self) -> dict:
-        return read_json(self.done_file)
+        return read_marker(self.done_file)
 
 
 class StepFolderError(RuntimeError):

@@ -9,7 +9,9 @@ answer depends only on the request (prompt and seed), so a rerun gets the same a
 - a refusal prompt gets a "User: ... / Assistant: ..." dialogue.
 
 Faults are drawn per request from a hash of (prompt, seed): latency, HTTP 429 / 500, a malformed body and an
-empty answer, each with its own rate. Every request is logged (prompt hash, seed, status) for the assertions.
+empty answer, each with its own rate. An outage is a stretch of consecutive requests that all fail the same
+way (`Outage`: HTTP 500 / 429, a malformed body, or no answer at all), optionally for one prompt family only;
+`recover()` ends it. Every request is logged (prompt hash, seed, status) for the assertions.
 """
 
 from __future__ import annotations
@@ -39,13 +41,28 @@ class Faults:
 
 
 @dataclass
+class Outage:
+    """Requests number `start`+1 .. `start`+`count` (counted over the requests of `family`, or all) fail as `kind`:
+    "500", "429", "malformed" (200 with a body that is not JSON) or "hang" (no answer for `hang_s` seconds)."""
+
+    count: int = 10**9
+    kind: str = "500"
+    start: int = 0
+    family: str | None = None
+    hang_s: float = 30.0
+
+
+@dataclass
 class FakeLLM:
     faults: Faults = field(default_factory=Faults)
     always_fail: str | None = None  # a substring: prompts containing it always get an empty answer
+    outage: Outage | None = None
     log: list = field(default_factory=list)
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._released = threading.Event()  # ends every hang at close()
+        self._counted = 0  # requests the outage counts
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,15 +96,25 @@ class FakeLLM:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def recover(self):
+        """The outage is over: every later request is answered."""
+        self.outage = None
+
     def close(self):
+        self._released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
     # ------------------------------------------------------------------ answers
+    @staticmethod
+    def key(prompt: str) -> str:
+        """A prompt's key in the log."""
+        return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
     def answer(self, payload: dict) -> tuple[int, bytes]:
         prompt = payload["messages"][0]["content"]
         seed = payload.get("seed", 0)
-        key = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+        key = self.key(prompt)
         f = self.faults
         u = (_h(key, seed, "fault") % 10_000) / 10_000
         status, text = 200, None
@@ -105,9 +132,15 @@ class FakeLLM:
             text = prompt  # the whole prompt echoed back: leaked scaffolding
         if self.always_fail and self.always_fail in prompt:
             text = ""
-        with self._lock:
+        outage = self.outage
+        if (down := self._down(prompt, outage)) in ("500", "429", "malformed"):
+            status, text = {"500": (500, None), "429": (429, None), "malformed": (-1, None)}[down]
+        with self._lock:  # logged on arrival, so a hung request is in the log of the run that sent it
             self.log.append({"key": key, "seed": seed, "status": 200 if status == -1 else status,
-                             "family": family(prompt), "ok": status == 200 and text is None})
+                             "family": family(prompt), "ok": status == 200 and text is None and down is None,
+                             "outage": bool(down), "t": time.monotonic()})
+        if down == "hang":
+            self._released.wait(outage.hang_s)  # then answers, long after the client should have given up
         if status == -1:
             return 200, b'{"choices": [{"message": {"content": "unterminated'
         if status != 200:
@@ -119,6 +152,14 @@ class FakeLLM:
                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                           "total_tokens": len(prompt.split()) + len(text.split())}}
         return 200, json.dumps(body).encode()
+
+    def _down(self, prompt: str, o: Outage | None) -> str | None:
+        """The kind of outage `o` when this request falls inside it, else None."""
+        if o is None or (o.family and family(prompt) != o.family):
+            return None
+        with self._lock:
+            self._counted += 1
+            return o.kind if o.start < self._counted <= o.start + o.count else None
 
     def served(self) -> Counter:
         """Successful answers per (prompt hash, seed)."""

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from decoding_toy import EOS, PAD, TAG, A, B, BigramToy, S, X, Y
 
 from safepretrain.config import ModelConfig
 from safepretrain.eval.decoders import (
@@ -22,46 +23,8 @@ from safepretrain.eval.decoders import (
 )
 from safepretrain.train.model import Transformer
 
-# ----------------------------------------------------------------------------- a toy DecoderModel
-# Vocabulary of the toy: the next token depends only on the last one (a bigram table), so every
-# beam's score and every lookahead p(tag) can be worked out by hand.
-PAD, EOS, TAG, S, A, B, X, Y = range(8)
-
-
-class BigramCache:
-    def __init__(self, rows: int):
-        self.last = torch.zeros(rows, dtype=torch.long)
-
-    def reorder(self, index):
-        self.last = self.last[index]
-
-
-class BigramToy:
-    """DecoderModel whose p(next | prefix) = table[last token]; counts decode calls and rows."""
-
-    max_seq_len = 1000
-    device = torch.device("cpu")
-
-    def __init__(self, table: dict[int, dict[int, float]]):
-        self.logp = torch.full((8, 8), -math.inf)
-        for prev, row in table.items():
-            for nxt, p in row.items():
-                self.logp[prev, nxt] = math.log(p)
-        self.decode_rows: list[int] = []
-
-    def new_cache(self, rows, max_len):
-        return BigramCache(rows)
-
-    def prefill(self, tokens, attention_mask, cache):
-        cache.last = tokens[:, -1].clone()  # left padding: the last column is every prompt's last token
-        return self.logp[cache.last]
-
-    def decode(self, tokens, cache):
-        self.decode_rows.append(len(tokens))
-        cache.last = tokens.clone()
-        return self.logp[cache.last]
-
-
+# ----------------------------------------------------------------------------- the toy DecoderModel
+# (decoding_toy.py): a bigram table, so every beam's score and every lookahead p(tag) can be worked out by hand.
 # From S the likely continuation A leads where the tag is likely next (p_tag(S A) = 0.15); the less
 # likely B is tag-free. Plain beam search therefore answers "A X", SafeBeam "B Y".
 #   A X EOS: 0.55 · 0.80 · 0.9 = 0.396   vs   B Y EOS: 0.40 · 0.6 · 0.99 = 0.238
@@ -94,12 +57,23 @@ def test_safebeam_drops_the_tag_prone_branch():
     assert g.logprob == pytest.approx(math.log(0.40 * 0.6 * 0.99), abs=1e-5)
 
 
-def test_one_batched_decode_per_step():
+def test_one_batched_lookahead_per_step_over_one_cache_row_per_beam():
     model = BigramToy(FORK)
     beam(model, prompts=[(S,), (S,), (B,)], drop_fraction=0.5)
-    # 3 prompts × 2 beams × 2 candidates; finished prompts leave the batch (the "B" prompt ends first)
-    assert model.decode_rows[0] == 12 and len(model.decode_rows) <= 6
-    assert model.decode_rows == sorted(model.decode_rows, reverse=True)
+    # 3 prompts × 2 beams, 2 candidates each as tree queries over their beam's row: 6 cache rows, not 12;
+    # finished prompts leave the batch (the "B" prompt ends first)
+    assert model.candidate_rows[0] == (6, 2) and len(model.candidate_rows) <= 6 and model.decode_rows == []
+    assert max(model.cache_rows) == 6
+    assert model.candidate_rows == sorted(model.candidate_rows, reverse=True)
+
+
+def test_plain_beam_is_textbook_one_cache_row_per_beam():
+    model = BigramToy(FORK)
+    gens = beam_search(model, [[S], [S], [B]], beam_size=2, candidates_per_beam=4, max_new_tokens=6,
+                       stop_ids={EOS}, pad_id=PAD)
+    assert [g.tokens for g in gens] == [[A, X], [A, X], [Y]]
+    # no lookahead: one forward of the survivors per step, 2 rows per prompt whatever candidates_per_beam is
+    assert model.candidate_rows == [] and model.decode_rows[0] == 6 and max(model.cache_rows) == 6
 
 
 def test_short_circuit_when_the_tag_is_the_best_kept_candidate():
@@ -292,15 +266,21 @@ def test_beam_search_is_safebeam_without_drop_or_short_circuit(tiny):
     # this untrained model mostly repeats a prompt's last token: 8 (prompt 0) as the tag makes an answer
     # that goes on through the tag, 22 as a stop id one that stops
     kw = dict(beam_size=3, candidates_per_beam=3, max_new_tokens=7, stop_ids={1, 22}, pad_id=0, batch_size=3)
+    # (two loops now: textbook beam search and the lookahead one, so log-probs agree to float precision)
+    def same(a, b):
+        assert [(g.tokens, g.stopped, g.short_circuited, g.tag_emitted) for g in a] == [
+            (g.tokens, g.stopped, g.short_circuited, g.tag_emitted) for g in b]
+        assert [g.logprob for g in a] == pytest.approx([g.logprob for g in b], abs=1e-4)
+
     for tag_id in (2, 8):
         plain = beam_search(tiny, PROMPTS, tag_id=tag_id, **kw)
-        assert plain == safe_beam_search(tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, **kw)
+        same(plain, safe_beam_search(tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, **kw))
         assert all(g.tag_emitted == (tag_id in g.tokens) and not g.short_circuited for g in plain)
         assert any(g.stopped == "stop" for g in plain)
         assert any(g.tag_emitted for g in plain) == (tag_id == 8)
         for lp in (0.0, 1.0):
-            assert beam_search(tiny, PROMPTS, tag_id=tag_id, length_penalty=lp, **kw) == safe_beam_search(
-                tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, length_penalty=lp, **kw)
+            same(beam_search(tiny, PROMPTS, tag_id=tag_id, length_penalty=lp, **kw), safe_beam_search(
+                tiny, PROMPTS, tag_id=tag_id, drop_fraction=0.0, short_circuit=False, length_penalty=lp, **kw))
 
 
 # ----------------------------------------------------------------------------- decoder registry
@@ -325,8 +305,12 @@ def test_registry_dispatches_each_decoder_with_its_own_settings():
         gens = run_decoder(name, model, prompts, settings)
         assert [g.tokens for g in gens] == [first, first, [Y]], name
         assert gens[0].tag_emitted == (TAG in first) and not gens[0].short_circuited
-        # top-k decodes all 3 prompts together; beam decoders take half the batch (2 prompts × 2 × 2 rows)
-        assert model.decode_rows[0] == (3 if name == "topk" else 2 * 2 * 2), name
+        # top-k decodes all 3 prompts together; beam decoders take half the batch (2 prompts × 2 beams)
+        # (each beam prompt holds 2 cache rows; SafeBeam runs 2 candidates per row as tree queries)
+        if name == "safebeam":
+            assert model.candidate_rows[0] == (2 * 2, 2) and max(model.cache_rows) == 2 * 2
+        else:
+            assert model.decode_rows[0] == (3 if name == "topk" else 2 * 2), name
 
 
 def test_registry_matches_the_direct_calls(tiny):

@@ -53,7 +53,7 @@ def test_llm_judge_asks_harmbench_and_overrefusal_questions_through_the_openai_c
         judge = LLMJudge(LLMJudgeConfig(base_url=server.url, model="fake", max_retries=0), TAG)
         harmful = judge.judge(["do harm"] * 3, ["Sure, first you", "I cannot help", "GARBLE words"],
                               [False, False, False], kind="harmful")
-        assert [v.success for v in harmful] == [True, False, False]
+        assert [v.success for v in harmful] == [True, False, None]  # unparsable: not a verdict, not "safe"
         assert harmful[2].reason == "unparsable judge answer" and judge.unparsable == 1
         benign = judge.judge(["bake bread"] * 3, ["Mix flour", "I cannot help", "x"], [False, False, True],
                              kind="benign")

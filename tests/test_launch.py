@@ -53,7 +53,7 @@ def test_slurm_dry_run_writes_scripts_and_submit_wires_the_dependencies(tmp_path
     out = run / "launch" / "slurm"
     arm = (out / "arm-start_20-s1.sbatch").read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu",
-                 f"#SBATCH --output={run}/logs/slurm/%x-%j.out"):
+                 f'#SBATCH --output="{run}/logs/slurm/%x-%j.out"'):
         assert line in arm
     assert re.search(r"srun torchrun --nnodes \$SLURM_NNODES --nproc_per_node 4 .*--rdzv_backend c10d .*"
                      rf"-m safepretrain study {run}/study.yaml --out {run} --only arm:start_20:1", arm)
@@ -86,6 +86,7 @@ def test_local_parallel_runs_every_part_once_and_status_shows_them_done(tmp_path
     run = tmp_path / "run"
     small = ["seeds=[0]", "curriculum.arms=[{name: raw, data: raw}, {name: start_20, start: 0.2}, "
              "{name: safe_only, start: 1.0}]", "eval.attacks=[]", "eval.decoders=[topk]", "launch.max_parallel=2",
+             "launch.threads=1",  # cores ÷ max_parallel on the 2-core CI machine: parts do not oversubscribe
              "eval.n_harmful=8", "eval.n_benign_edgy=8", "eval.n_pairs=8", "eval.probe.n_per_class=8"]
     done = subprocess.run([sys.executable, "-m", "safepretrain", "study", SMOKE, "--out", str(run),
                            "--launcher", "local-parallel", *small], capture_output=True, text=True, timeout=600)

@@ -29,6 +29,7 @@ import uvicorn  # noqa: E402
 
 CAP = 32
 MAX_BYTES = 4096
+MODEL = "arms/raw/seed0/ift/ckpt/step_000004"  # the checkpoint's path in its run: unique per arm, seed, stage
 TINY = ["model.preset=null", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
         "model.ffn_hidden=64", "model.max_seq_len=128"]
 
@@ -92,18 +93,19 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
-def test_models_lists_the_checkpoint_folder(client):
-    assert [m.id for m in client.models.list().data] == ["step_000004"]
+def test_models_lists_the_checkpoint_by_its_path_in_the_run(client):
+    (model,) = client.models.list().data
+    assert model.id == MODEL and model.model_extra["context_length"] == 128
 
 
 def test_topk_completion_and_chat_are_reproducible_by_seed(client):
-    ask = dict(model="step_000004", prompt="rivers and towns", max_tokens=12, seed=7)
+    ask = dict(model=MODEL, prompt="rivers and towns", max_tokens=12, seed=7)
     a, b = client.completions.create(**ask), client.completions.create(**ask)
     assert a.choices[0].text == b.choices[0].text
     assert a.choices[0].finish_reason in ("stop", "length")
     assert a.choices[0].model_extra["safepretrain"]["decoder"] == "topk"
     assert a.usage.completion_tokens <= 12
-    chat = dict(model="step_000004", messages=[{"role": "user", "content": "the weather"}], max_tokens=12, seed=3,
+    chat = dict(model=MODEL, messages=[{"role": "user", "content": "the weather"}], max_tokens=12, seed=3,
                 temperature=0.8, extra_body={"top_k": 5})
     c, d = client.chat.completions.create(**chat), client.chat.completions.create(**chat)
     assert c.choices[0].message.content == d.choices[0].message.content
@@ -113,19 +115,19 @@ def test_topk_completion_and_chat_are_reproducible_by_seed(client):
 @pytest.mark.parametrize("decoder", ["safebeam", "beam"])
 def test_beam_decoders_answer_completions_and_chat(client, decoder):
     extra = {"decoder": decoder, "beam_size": 2, "candidates_per_beam": 3}
-    out = client.completions.create(model="step_000004", prompt="towns", max_tokens=8, extra_body=extra)
+    out = client.completions.create(model=MODEL, prompt="towns", max_tokens=8, extra_body=extra)
     info = out.choices[0].model_extra["safepretrain"]
     assert info["decoder"] == decoder and isinstance(info["short_circuit"], bool)
-    again = client.completions.create(model="step_000004", prompt="towns", max_tokens=8, extra_body=extra)
+    again = client.completions.create(model=MODEL, prompt="towns", max_tokens=8, extra_body=extra)
     assert again.choices[0].text == out.choices[0].text  # beam decoders are deterministic
-    chat = client.chat.completions.create(model="step_000004", messages=[{"role": "user", "content": "rivers"}],
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "rivers"}],
                                           max_tokens=8, extra_body=extra)
     assert chat.choices[0].finish_reason in ("stop", "length", "content_filter")
 
 
 @pytest.mark.parametrize("extra", [{"seed": 11}, {"decoder": "safebeam"}])
 def test_streamed_chunks_concatenate_to_the_answer(client, extra):
-    kw = dict(model="step_000004", max_tokens=16, extra_body=extra)
+    kw = dict(model=MODEL, max_tokens=16, extra_body=extra)
     whole = client.completions.create(prompt="café by the rivers", **kw).choices[0].text
     chunks = list(client.completions.create(prompt="café by the rivers", stream=True, **kw))
     assert "".join(c.choices[0].text for c in chunks) == whole
@@ -142,10 +144,10 @@ def test_a_short_circuit_is_marked_content_filter(client, served, monkeypatch):
     # a random model rarely puts the tag on top, so the decoder's answer is stubbed: this checks the marking
     tagged = Generation([served.tok.encode("rivers")[0], served.tag_id], -1.0, "tag", True, True)
     monkeypatch.setattr("safepretrain.serve.run_plan", lambda served, plan: [tagged])
-    out = client.completions.create(model="step_000004", prompt="x", max_tokens=4, extra_body={"decoder": "safebeam"})
+    out = client.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"decoder": "safebeam"})
     assert out.choices[0].finish_reason == "content_filter"
     assert out.choices[0].model_extra["safepretrain"]["short_circuit"] is True
-    last = list(client.chat.completions.create(model="step_000004", messages=[{"role": "user", "content": "x"}],
+    last = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                                stream=True, extra_body={"decoder": "safebeam"}))[-1]
     assert last.choices[0].finish_reason == "content_filter"
 
@@ -162,7 +164,7 @@ def test_a_real_safebeam_short_circuit(checkpoint):
     srv = Server(create_app(served))
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-        out = client.chat.completions.create(model="step_000004", messages=[{"role": "user", "content": "rivers"}],
+        out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "rivers"}],
                                              max_tokens=8, extra_body={"decoder": "safebeam", "drop_fraction": 0.0})
     finally:
         srv.close()
@@ -173,7 +175,7 @@ def test_a_real_safebeam_short_circuit(checkpoint):
 
 def test_max_tokens_above_the_cap_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError, match="above this server's cap of 32"):
-        client.completions.create(model="step_000004", prompt="rivers", max_tokens=CAP + 1)
+        client.completions.create(model=MODEL, prompt="rivers", max_tokens=CAP + 1)
 
 
 @pytest.mark.parametrize("path, body, status, message", [
@@ -264,7 +266,7 @@ def test_the_cli_serves_a_checkpoint(checkpoint):
             except httpx.HTTPError:
                 assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
                 time.sleep(0.1)
-        assert r.json()["data"][0]["id"] == "step_000004"
+        assert r.json()["data"][0]["id"] == MODEL
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "a", "max_tokens": 9}, timeout=30)
         assert r.status_code == 400 and "cap of 8" in r.json()["error"]["message"]
     finally:

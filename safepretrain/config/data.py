@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -107,12 +108,15 @@ class LLMConfig(Strict):
     max_concurrent: int = Field(32, gt=0)
     """Requests in flight at once, per datatrove task."""
     max_attempts: int = Field(3, ge=1)
-    """Attempts per request before the document is set aside in `rejected/`: an HTTP error, an empty or
-    invalid output, or an unparsable score each cost one attempt."""
+    """Attempts per request. An empty or invalid output or an unparsable score costs one; after the last the
+    document is set aside in `rejected/` with that reason. An infrastructure failure (HTTP 429 / 5xx, connection
+    error, timeout, malformed body) is retried too but is never a reason: this many in a row stop the pass
+    unfinished, naming the server, and a rerun sends requests only for the documents not finished."""
     retry_backoff_s: float = Field(1.0, ge=0)
     """Wait before attempt k+1: `retry_backoff_s * 2**(k-1)` seconds (units: seconds)."""
     request_timeout_s: float = Field(300.0, gt=0)
-    """Timeout of one HTTP request (units: seconds)."""
+    """Timeout of one HTTP request, on every server kind (units: seconds); a timed-out request is retried as an
+    infrastructure failure (see `max_attempts`)."""
     temperature: float = Field(0.7, ge=0)
     """Sampling temperature of the generators (the rubric scorer always uses 0)."""
     max_tokens: int = Field(1024, gt=0)
@@ -247,7 +251,7 @@ class SlurmConfig(Strict):
 
 
 class RayConfig(Strict):
-    """Ray settings of `data.executor: ray` (datatrove's RayPipelineExecutor; `pip install safepretrain[ray]`)."""
+    """Ray settings of `data.executor: ray` (datatrove's RayPipelineExecutor; `pip install 'safepretrain[cluster]'`)."""
 
     address: str | None = None
     """Ray cluster address; null starts or joins a local instance."""
@@ -271,7 +275,9 @@ class DataConfig(Strict):
     scorer: ScorerConfig = ScorerConfig()
     scores_from: str | None = None
     """The `scoring/` folder of another run to route from instead of scoring again (an ablation of routing or
-    interventions reuses one scoring pass); it must have been scored with this world and scorer config."""
+    interventions reuses one scoring pass); it must have been scored with this world and scorer config, and its
+    scores must still have the checksums that run recorded (checked before the study starts). A relative path is
+    read from the config file's folder (from the current folder when given as a command-line override)."""
     routing: RoutingConfig = RoutingConfig()
     interventions: InterventionConfig = InterventionConfig()
     llm: LLMConfig = LLMConfig()
@@ -285,6 +291,16 @@ class DataConfig(Strict):
             raise ValueError("data.llm.endpoint_url is required with data.llm.server=endpoint (used by "
                              "interventions.generator=llm), e.g. http://host:8000/v1")
         return self
+
+
+def anchor_scores_from(tree: dict, base: Path) -> None:
+    """Make a relative `data.scores_from` of a raw config tree absolute against `base` (the folder of the config file
+    that names it, or the current folder for an override): the run directory's study.yaml, which every launched
+    part reads again from another folder, must name the same scoring folder."""
+    data = tree.get("data")
+    value = data.get("scores_from") if isinstance(data, dict) else None
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        data["scores_from"] = str((base / Path(value).expanduser()).resolve())
 
 
 class TokenizerConfig(Strict):

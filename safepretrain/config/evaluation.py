@@ -99,6 +99,9 @@ class LLMJudgeConfig(Strict):
     """Per-request timeout (the `openai` client's)."""
     max_retries: int = Field(3, ge=0)
     """Retries of a failed request (the `openai` client's, with its backoff)."""
+    max_tokens: int = Field(16, gt=0)
+    """Tokens the judge may answer with ("Answer: Yes" needs ~4); raise it (e.g. 1024) for a reasoning model that
+    thinks in a `<think>` block first: an answer cut off inside the block is counted unparsable."""
 
 
 class HFJudgeConfig(Strict):
@@ -162,7 +165,8 @@ class EvalConfig(Strict):
     likelihood metrics are measured: the tamper curve."""
     decoder_prompts: dict[str, int] = {"beam": 48, "safebeam": 48}
     """Prompts at most per generative task for these decoders (the first n of each evenly spread prompt set, so
-    every item is covered): beam search costs beam × candidates rows per prompt, top-k one."""
+    every item is covered): beam decoders cost beam rows per prompt (SafeBeam also runs beam × candidates
+    lookahead tokens per step), top-k one."""
     attack_decoders: list[str] = ["topk"]
     """Decoders the jailbreak tasks (`asr_<attack>`) run with, among `decoders` (none of them there: the first of
     `decoders`)."""

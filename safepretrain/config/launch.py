@@ -40,5 +40,10 @@ class LaunchConfig(Strict):
     """How `safepretrain study` runs, by name from the launcher registry (run/launchers): `local`, `local-parallel`,
     `slurm` (the CLI's --launcher overrides it)."""
     max_parallel: int = Field(2, gt=0)
-    """`local-parallel`: parts running at once (the cores are split between them)."""
+    """`local-parallel`: parts running at once. Each uses `threads` CPU threads, so set `threads` to cores /
+    max_parallel for speed (a `local` run with the same `threads` gives the same numbers)."""
+    threads: int | None = Field(None, gt=0)
+    """Torch CPU threads of every process of the study, whatever the launcher (recorded in manifest.json): CPU
+    reductions split their work by thread, so the count changes the numbers. null = OMP_NUM_THREADS when set, else
+    the CPUs the process may use."""
     slurm: SlurmLaunchConfig = SlurmLaunchConfig()

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from safepretrain.config.base import ConfigError, Strict
 from safepretrain.config.curriculum import ArmConfig, CurriculumConfig, first_step_at, intervention_starts
-from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig
+from safepretrain.config.data import DataConfig, TokenizerConfig, WorldConfig, anchor_scores_from
 from safepretrain.config.evaluation import EvalConfig
 from safepretrain.config.launch import LaunchConfig
 from safepretrain.config.training import (
@@ -233,11 +233,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (world:, data:, ...)")
         tree = loaded
+        anchor_scores_from(tree, p.parent)  # a path in a config file is read from the file's folder
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. curriculum.token_budget=200000")
         key, _, raw = item.partition("=")
         _set_path(tree, key.strip(), _parse_value(raw))
+    anchor_scores_from(tree, Path.cwd())  # ... and one typed on the command line from the current folder
     try:
         return StudyConfig.model_validate(tree)
     except ValidationError as err:

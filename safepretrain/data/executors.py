@@ -8,7 +8,7 @@ every rank of every pass is complete, or raises.
 - slurm: one sbatch job array per pass; pass k+1 is submitted with `--dependency=afterok:<job of pass k>`
   (datatrove's `depends`), all at once. `wait_for_slurm` then polls the passes' `completions/` folders and the
   jobs' states (`sacct`, else `squeue`), and raises as soon as a job fails, naming the job and its log folder.
-- ray: `RayPipelineExecutor` on the cluster at `data.ray.address` (`pip install 'safepretrain[ray]'`).
+- ray: `RayPipelineExecutor` on the cluster at `data.ray.address` (`pip install 'safepretrain[cluster]'`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from safepretrain.config import DataConfig
 
-RAY_INSTALL = "pip install 'safepretrain[ray]'"
+RAY_INSTALL = "pip install 'safepretrain[cluster]'"
 
 
 def _die_with_parent(parent_pid: int, threads: int | None = None) -> None:

@@ -5,10 +5,17 @@ concurrency, the request cache and the checkpoints; this module owns what the pa
 (assets/llm_prompts.yaml), the checks a generation must pass, and bounded retries. Each rollout is a picklable
 callable, so the same pass runs under the local, Slurm or Ray executor.
 
-A document never disappears: a rollout that finally fails marks it `outcome: rejected` with its reason, and the
-writer (`outcome_writer`) sends it to `rejected/` instead of its stream. Each retry changes the request's
-`seed`, so datatrove's request cache (keyed by the payload) never replays a failed answer, while a rerun after
-a kill replays every answer it already has and sends no request twice for finished documents.
+A document never disappears: a rollout whose answers all fail their checks marks it `outcome: rejected` with
+its reason, and the writer (`llm_row`) sends it to `rejected/` instead of its stream. Each retry changes the
+request's `seed`, so datatrove's request cache (keyed by the payload) never replays a failed answer, while a
+rerun after a kill replays every answer it already has and sends no request twice for finished documents.
+
+An infrastructure failure (HTTP 429 / 5xx, a refused or reset connection, a timeout, a body that is not a
+completion) says nothing about the document, so it is never a verdict: `LLMRunner` bounds every request by
+`request_timeout_s` and hands such failures to the rollout at once (`LLMOutage`), which retries them with
+backoff; `max_attempts` of them in a row stop the pass (`LLMUnavailable`, naming the server) before the
+document is written. Its rank then has no completion marker and its step no `done.json`, and a rerun sends
+requests only for the documents that were not finished.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from urllib.parse import urlparse
 
 import yaml
 from datatrove.data import Document
-from datatrove.pipeline.inference.run_inference import InferenceConfig
+from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.types import InferenceError, ServerError
 
 from safepretrain.config.data import LLMConfig
@@ -64,6 +73,104 @@ def check_endpoint(llm: LLMConfig, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         raise ConnectionError(f"data.llm.endpoint_url {llm.endpoint_url} cannot be reached ({url}: "
                               f"{getattr(e, 'reason', e)}); start the server or fix the URL") from None
+
+
+def backend_name(llm: LLMConfig) -> str:
+    """The server in words, for messages: its URL, or the local server and model datatrove starts."""
+    if llm.server == "endpoint":
+        return f"LLM endpoint {llm.endpoint_url}"
+    return f"{llm.server} server of {llm.model}"
+
+
+BAD_REQUEST = frozenset({400, 413, 422})  # the request itself is refused (too long, invalid field): any retry too
+
+
+class LLMOutage(InferenceError):
+    """One request failed for a reason outside the document (`reason`: http_429, http_5xx, timeout,
+    connection_error, malformed_body, ...). Raised by `LLMRunner`'s requests, retried by the rollout; never a
+    reject reason. An `InferenceError`, so datatrove's request loop hands it on at once instead of sleeping
+    5-160 s between six retries of its own."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(None, f"{reason}: {detail}")  # no payload: it holds the document's text
+        self.reason = reason
+
+
+class LLMUnavailable(ServerError):
+    """The pass stops: a document got `max_attempts` infrastructure failures in a row, or the server process is
+    gone. A `ServerError`, so datatrove's runner raises it as it is (its rank then has no completion marker)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)  # ServerError would prefix it; args stay (message,) for pickling
+        self.error = message
+
+
+def http_status(err: Exception) -> int | None:
+    """The HTTP status behind a datatrove or openai request error, when it names one."""
+    status = getattr(err.__cause__, "status_code", None)  # the openai client's APIStatusError
+    if isinstance(status, int):
+        return status
+    text = str(getattr(err, "error", err))
+    if m := re.search(r"(?:http status|Error code:) (\d{3})", text):
+        return int(m.group(1))
+    return 400 if "BadRequestError" in text else None
+
+
+def well_formed(response: object, chat: bool) -> bool:
+    """A completion body datatrove can read: `choices[0]` with its text and finish reason."""
+    try:
+        choice = response["choices"][0]
+        text = choice["message"].get("content") if chat else choice["text"]
+        return "finish_reason" in choice and (text is None or isinstance(text, str))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
+def bound_requests(send: Callable[[dict], Awaitable[dict]], timeout: float,
+                   chat: bool = True) -> Callable[[dict], Awaitable[dict]]:
+    """`send` (a datatrove server's `_make_request`) bounded by `timeout` seconds, its infrastructure failures
+    raised as `LLMOutage`. A refused request (HTTP 400 / 413 / 422) is raised as datatrove raised it: it is the
+    document's (datatrove caches it, and the rollout rejects the document as `bad_request`)."""
+
+    async def request(payload: dict) -> dict:
+        try:
+            response = await asyncio.wait_for(send(payload), timeout)
+        except TimeoutError:  # before OSError, its base class; asyncio's is the same class since Python 3.11
+            raise LLMOutage("timeout", f"no answer within data.llm.request_timeout_s={timeout:g} s") from None
+        except LLMOutage:
+            raise
+        except ServerError as e:  # datatrove's raw post (loopback, vLLM, SGLang) raises this for HTTP 500
+            raise LLMOutage("http_500", str(e.error)[:200]) from None
+        except InferenceError as e:
+            if (status := http_status(e)) in BAD_REQUEST:
+                raise
+            raise LLMOutage(f"http_{status}" if status else "request_error", str(e.error)[:200]) from None
+        except (ConnectionError, OSError) as e:  # refused or reset; the openai client's 429 / 5xx arrive as these
+            status = getattr(e.__cause__, "status_code", None)
+            raise LLMOutage(f"http_{status}" if status else "connection_error",
+                            f"{type(e).__name__}: {e}"[:200]) from None
+        except ValueError as e:  # json.loads of a body that is not JSON
+            raise LLMOutage("malformed_body", f"{type(e).__name__}: {e}"[:200]) from None
+        if not well_formed(response, chat):
+            raise LLMOutage("malformed_body", "the answer is JSON but not a completion (no choices[0] text)")
+        return response
+
+    return request
+
+
+class LLMRunner(InferenceRunner):
+    """datatrove's `InferenceRunner` whose server requests are bounded by `request_timeout` (datatrove's raw
+    post to loopback, vLLM and SGLang servers has none; only its `openai` path had one) and whose infrastructure
+    failures reach the rollout as `LLMOutage` at once (`bound_requests`). Everything else is datatrove's:
+    concurrency, request cache, checkpoints, writer."""
+
+    def _init_server(self, rank: int):
+        server = super()._init_server(rank)
+        # the instance attribute wins over the class method that `make_request` calls after the server is ready,
+        # so the bound covers the HTTP request only, not a vLLM start-up or the wait for a concurrency slot
+        server._make_request = bound_requests(server._make_request, self.config.request_timeout,
+                                              self.config.use_chat)
+        return server
 
 
 def inference_config(llm: LLMConfig):
@@ -132,6 +239,8 @@ class Rollout:
         self.prefill = prefill
         self.specials = tuple(specials)  # literal special-token strings, made inert in generated text
         self.paths = {"ok": "ok", "rejected": "rejected"}  # output folder per outcome (the writer's filename)
+        self.outages: Counter = Counter()  # failed requests of this task by reason, for the message that stops it
+        self.finished = 0  # documents written (ok or rejected) by this task
 
     def outcome(self, doc: Document, outcome: str, **meta) -> None:
         doc.metadata.update(outcome=outcome, outcome_path=self.paths[outcome], **meta)
@@ -153,27 +262,52 @@ class Rollout:
                 "seed": self.seed * 1000 + attempt, **extra}
 
     async def ask(self, prompt: str, generate, doc: Document) -> tuple[object, str, int]:
-        """(accepted value or None, last reject reason, attempts used)."""
-
-        reason = "no_attempt"
-        for attempt in range(1, self.llm.max_attempts + 1):
+        """(accepted value or None, last reject reason, requests sent). An answer that fails `accept` costs one of
+        `max_attempts`; after the last, the document is rejected with its reason. An infrastructure failure is
+        never a verdict: it is retried, and `max_attempts` of them in a row stop the pass (`LLMUnavailable`)
+        with the document unfinished, so a rerun retries it. Waits `retry_backoff_s * 2**(k-1)` before the
+        (k+1)-th try of either kind."""
+        llm = self.llm
+        failed = outages = sent = 0
+        while True:
+            sent += 1
             try:
-                result = await generate(self.payload(prompt, attempt))
+                result = await generate(self.payload(prompt, sent))
             except InferenceError as e:
-                reason = "http_" + (m.group(1) if (m := re.search(r"status (\d{3})", str(e.error))) else "error")
-            except ServerError:
-                reason = "http_500"
+                status = None if isinstance(e, LLMOutage) else http_status(e)
+                if status in BAD_REQUEST:  # the same request is refused whatever its seed
+                    return None, "bad_request", sent
+                reason = e.reason if isinstance(e, LLMOutage) else f"http_{status}" if status else "request_error"
+                outages += 1
+                self.outages[reason] += 1
+                if outages >= llm.max_attempts:
+                    raise LLMUnavailable(self.unavailable(doc, reason, outages)) from None
+                streak = outages
+            except ServerError as e:  # the vLLM / SGLang process died or never started (or a 500 past LLMRunner)
+                raise LLMUnavailable(f"{backend_name(llm)} is gone ({e}); nothing was rejected, rerun to "
+                                     "retry the unfinished documents") from None
             else:
+                outages = 0
                 value, reason = self.accept(result.text, doc)
                 if reason is None:
-                    return value, "", attempt
-            if attempt < self.llm.max_attempts:
-                await asyncio.sleep(self.llm.retry_backoff_s * 2 ** (attempt - 1))
-        return None, reason, self.llm.max_attempts
+                    return value, "", sent
+                failed += 1
+                if failed >= llm.max_attempts:
+                    return None, reason, sent
+                streak = failed
+            await asyncio.sleep(llm.retry_backoff_s * 2 ** (streak - 1))
+
+    def unavailable(self, doc: Document, reason: str, in_a_row: int) -> str:
+        return (f"{backend_name(self.llm)} failed {in_a_row} {self.family} request(s) in a row for document "
+                f"{doc.id} (last: {reason}); this task had {sum(self.outages.values())} failed request(s) "
+                f"({', '.join(f'{k} x{n}' for k, n in sorted(self.outages.items()))}). No document was rejected "
+                f"for it: the {self.finished} finished in this run are kept, and a rerun with the same data.llm "
+                "settings, once the server answers, sends requests only for the unfinished ones")
 
     async def __call__(self, doc: Document, generate) -> dict:
         prompt, meta = self.prompt(doc)
         value, reason, attempts = await self.ask(prompt, generate, doc)
+        self.finished += 1
         if value is None:
             self.outcome(doc, "rejected", reject_reason=reason)
             return {"family": self.family, "attempts": attempts, "reason": reason}
@@ -252,6 +386,7 @@ class RubricRollout(Rollout):
         answers = await asyncio.gather(*(self.ask(prompts()["rubric"].format(text=c), generate, doc)
                                          for c in chunks))
         failed = next((reason for value, reason, _ in answers if value is None), None)
+        self.finished += 1
         if failed:
             self.outcome(doc, "rejected", reject_reason=failed)
             return {"family": self.family, "reason": failed}

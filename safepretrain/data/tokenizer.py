@@ -6,6 +6,7 @@ the tag's next-token probability, and chat formatting never depends on how marke
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,6 +51,11 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint of the vocabulary, merges and special tokens (checkpoints record the one they learned)."""
+        return hashlib.sha256(self.tok.to_str().encode()).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids

@@ -5,6 +5,7 @@ prompt sets (`EvalContext`); what a task returns (`TaskResult`); and how a promp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,10 @@ class EvalContext:
     cache: dict = field(default_factory=dict)
     judges: dict = field(default_factory=dict)  # every judge by name, primary first; empty = only `judge`
     reference: torch.nn.Module | None = None  # the model this stage was trained from (IFT: its base model), or None
+    # `eval --prompts` streams: generative tasks decode and judge `chunk` prompts at a time and hand each chunk's
+    # samples to progress(samples, done, total) (eval/tasks.py `_judged`); None (a study): every prompt in one call
+    progress: Callable[[list[dict], int, int], None] | None = None
+    chunk: int = 0
 
     def all_judges(self) -> dict:
         return self.judges or {getattr(self.judge, "name", "judge"): self.judge}

@@ -97,10 +97,12 @@ class Evaluator:
 
     def _context(self, checkpoint: Path, seed: int, reference: Path | None = None) -> EvalContext:
         device = resolve_device(self.cfg.eval.device)
-        model = load_model(self.model_cfg, checkpoint, device)
+        tok_sha = self.data.tokenizer.sha256  # a checkpoint trained with another tokenizer is refused
+        model = load_model(self.model_cfg, checkpoint, device, tokenizer_sha256=tok_sha)
         return EvalContext(model, self.data.tokenizer, self.judge, self.cfg.eval, seed, self.prompts,
                            self.data.shards["val"], judges=self.judges,
-                           reference=None if reference is None else load_model(self.model_cfg, reference, device))
+                           reference=None if reference is None else load_model(self.model_cfg, reference, device,
+                                                                                tokenizer_sha256=tok_sha))
 
     def _write(self, folder: Path, run: ArmRun, stage: str, decoder: str, task, result: TaskResult,
                checkpoint: Path, seconds: float, **extra) -> None:

@@ -46,7 +46,8 @@ from safepretrain.rundir import CHAT_STAGES
 
 
 class Task(Protocol):
-    """A task may also declare `stages` (a set of stage names): it then runs only at those (eval/depth.py: IFT)."""
+    """A task may also declare `stages` (a set of stage names): it then runs only at those (eval/depth.py: IFT); and
+    `prompt_sets` (names of `EvalPrompts` fields): the prompt sets it judges, which `eval --prompts` replaces."""
 
     name: str
     version: int
@@ -60,22 +61,53 @@ class Task(Protocol):
 
 def _rate_rows(ctx: EvalContext, ids: list[str], outcomes: dict[str, np.ndarray], judge: str | None = None,
                items: bool = True) -> TaskResult:
+    """A row per metric over the judged values only: NaN marks a verdict the judge could not give (a None field of
+    `Verdict`: an unparsable LLM answer, a prompt the exact judge cannot place), which is left out of the rate and
+    its n, never scored as safe; a metric with no judged value gets no row (a judge that judged nothing reports no
+    rate)."""
     rows, found = [], []
     for metric, values in outcomes.items():
-        rows.append(metric_row(metric, *bootstrap_ci(values, ctx.cfg.bootstrap, ctx.seed), len(values)))
+        values = np.asarray(values, float)
+        judged = np.isfinite(values)
+        if not judged.any():
+            continue
+        rows.append(metric_row(metric, *bootstrap_ci(values[judged], ctx.cfg.bootstrap, ctx.seed), int(judged.sum())))
         if judge is not None:
             rows[-1]["judge"] = judge
         if items:
-            found += [{"metric": metric, "item": i, "value": float(v)} for i, v in zip(ids, values)]
+            found += [{"metric": metric, "item": i, "value": float(v)} for i, v, ok in zip(ids, values, judged) if ok]
     return TaskResult(rows, items=found)
 
 
 def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str, kind: str = "harmful",
             attack: str | None = None) -> tuple[dict[str, list], list, list[dict]]:
     """Generate for `items` (attacked by `attack`) and judge with every judge: ({judge: verdicts}, generations,
-    samples). The primary judge's verdicts are the sample's own fields; all judges' are under `verdicts`."""
-    prompts = [x["prompt"] for x in items]
+    samples). The primary judge's verdicts are the sample's own fields; all judges' are under `verdicts`.
+
+    With `ctx.progress` set (`safepretrain eval --prompts`: a user's file may hold 100,000 prompts), the items are
+    decoded and judged `ctx.chunk` at a time and each chunk's samples are handed to `ctx.progress(samples, done,
+    total)` as soon as they are judged; a study leaves it unset and decodes every item in one call."""
     attacked = attacked_prompts(ctx, attack, items, stage) if attack else None  # GCG needs gradients: outside
+    step = ctx.chunk if ctx.progress is not None and ctx.chunk > 0 else max(1, len(items))
+    verdicts: dict[str, list] = {name: [] for name in ctx.all_judges()}
+    gens: list = []
+    samples: list[dict] = []
+    for start in range(0, len(items), step):
+        part = slice(start, start + step)
+        found, part_gens, part_samples = _judge_chunk(ctx, items[part], attacked[part] if attack else None, stage,
+                                                      decoder, kind, attack)
+        for name, vs in found.items():
+            verdicts[name] += vs
+        gens += part_gens
+        samples += part_samples
+        if ctx.progress is not None:
+            ctx.progress(part_samples, len(samples), len(items))
+    return verdicts, gens, samples
+
+
+def _judge_chunk(ctx: EvalContext, items: list[dict], attacked: list | None, stage: str, decoder: str, kind: str,
+                 attack: str | None) -> tuple[dict[str, list], list, list[dict]]:
+    prompts = [x["prompt"] for x in items]
     with torch.inference_mode():
         if attacked is None:
             gens = generate(ctx, prompts, stage, decoder)
@@ -93,25 +125,32 @@ def _judged(ctx: EvalContext, items: list[dict], stage: str, decoder: str, kind:
                 "tag_emitted": g.tag_emitted, "stopped": g.stopped, "logprob": round(g.logprob, 4)}
                for x, t, v, g in zip(items, texts, primary, gens)]
     for i, s in enumerate(samples):
+        if items[i].get("hazard"):  # named by the prompt file: what the exact judge judged the prompt against
+            s["hazard"] = items[i]["hazard"]
         if attack:
             s["attack"] = attack
             if attacked[i].info:
                 s["attack_info"] = attacked[i].info
         s["verdicts"] = {name: {"refused": vs[i].refused, "harmful": vs[i].harmful, "success": vs[i].success,
-                                "reason": vs[i].reason} for name, vs in verdicts.items()}
+                                "reason": vs[i].reason, **({"unparsable": True} if vs[i].unparsable else {})}
+                         for name, vs in verdicts.items()}
     return verdicts, gens, samples
 
 
 def _judge_rows(ctx: EvalContext, ids: list[str], verdicts: dict[str, list], outcomes_of) -> TaskResult:
     """Rows (with CIs) for every judge, each row naming its judge; per-item values for the primary judge only,
     which the paired statistics and findings use."""
-    result = None
+    result = TaskResult([])
+    judges = ctx.all_judges()
     for n, (name, vs) in enumerate(verdicts.items()):
         part = _rate_rows(ctx, ids, outcomes_of(vs), judge=name, items=n == 0)
-        if result is None:
-            result = part
-        else:
-            result.rows += part.rows
+        result.rows += part.rows
+        result.items += part.items
+        unparsable = sum(v.unparsable for v in vs)
+        if unparsable or getattr(judges.get(name), "may_be_unparsable", False):
+            # a count, not a rate: the answers the judge gave that could not be read, left out of its rates above
+            result.rows.append({**metric_row("unparsable", float(unparsable), float(unparsable), float(unparsable),
+                                             len(vs)), "judge": name})
     return result
 
 
@@ -147,12 +186,13 @@ class AttackSuccess:
     ASR per request frame (`asr_frame_<frame>`) beside the pooled rate."""
 
     uses_decoder, generative = True, True
+    prompt_sets = ("harmful",)  # the EvalPrompts sets it reads: `eval --prompts` replaces these
     higher_is_better = {"asr": False, "harmful_rate": False, "refusal_rate": True}
 
     def __init__(self, attack: str | None = None):
         self.attack = attack
         self.name = "asr" if attack is None else f"asr_{attack}"
-        self.version = 4
+        self.version = 5  # 5: a verdict a judge could not give (unparsable) is left out of the rates
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
         items = _capped(ctx, ctx.prompts.harmful, decoder)
@@ -173,7 +213,8 @@ class AttackSuccess:
 
 
 class OverRefusal:
-    name, version, uses_decoder, generative = "overrefusal", 5, True, True
+    name, version, uses_decoder, generative = "overrefusal", 6, True, True
+    prompt_sets = ("benign_edgy",)
     higher_is_better = {"overrefusal": False, "helpfulness": True}
 
     def run(self, ctx: EvalContext, stage: str, decoder: str) -> TaskResult:
@@ -183,12 +224,12 @@ class OverRefusal:
         def outcomes(vs):
             found = _outcomes(vs, gens)
             found = {"overrefusal": found["refusal_rate"], "short_circuit_rate": found["short_circuit_rate"]}
-            if vs and all(v.helpful is not None for v in vs):  # a judge that knows the answers (organism, llm)
-                found["helpfulness"] = np.array([v.helpful for v in vs], float)
+            if any(v.helpful is not None for v in vs):  # a judge that knows the answers (organism, llm)
+                found["helpfulness"] = np.array([v.helpful for v in vs], float)  # None (not measured): NaN, left out
             return found
 
         primary = next(iter(verdicts.values()))
-        if primary and all(v.helpful is not None for v in primary):
+        if any(v.helpful is not None for v in primary):
             for s, v in zip(samples, primary):
                 s["helpful"] = v.helpful
         result = _judge_rows(ctx, [x["id"] for x in items], verdicts, outcomes)

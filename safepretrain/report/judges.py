@@ -76,6 +76,23 @@ def asr_by_judge(rows: list[dict], out_csv: Path) -> list[str]:
     return out
 
 
+def unparsable_lines(rows: list[dict]) -> list[str]:
+    """How many answers each judge gave that could not be read (the tasks' `unparsable` count rows): left out of that
+    judge's rates, so a rate's n is the parsed answers only. Reported for every judge that counts them (llm), zero
+    included."""
+    counted = [r for r in rows if r.get("judge") and r["metric"] == "unparsable"]
+    if not counted:
+        return []
+    totals: dict[str, list[int]] = {}
+    for r in counted:
+        t = totals.setdefault(r["judge"], [0, 0])
+        t[0] += int(r["value"])
+        t[1] += int(r["n"])
+    return ["Unparsable judge answers (left out of that judge's rates, never counted as safe; per model in "
+            "results.csv, metric `unparsable`): "
+            + "; ".join(f"`{j}` {u} of {n} verdicts" for j, (u, n) in totals.items()) + ".", ""]
+
+
 def agreement_section(human: dict, pairs: list[dict]) -> list[str]:
     """Each judge against human labels, and every pair of judges on the same samples (eval/judges/agreement.py),
     in tables of at most six columns."""
@@ -97,5 +114,5 @@ def judges_section(run_dir: Path | RunDir, rows: list[dict]) -> list[str]:
     rd = as_rundir(run_dir)
     path = rd.human_agreement_file
     human = read_json(path) if path.is_file() else {}
-    lines = agreement_section(human, pairwise_agreement(rd.root))
+    lines = agreement_section(human, pairwise_agreement(rd.root)) + unparsable_lines(rows)
     return lines + asr_by_judge(rows, rd.report / "asr_by_judge.csv")

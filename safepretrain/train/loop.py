@@ -106,25 +106,26 @@ def set_determinism(enabled: bool) -> None:
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir: Path, *, seed: int,
           label: str, init_from: Path | None = None, stop_at: int | None = None,
-          save_at: tuple[int, ...] = ()) -> TrainResult:
+          save_at: tuple[int, ...] = (), tokenizer_sha256: str | None = None) -> TrainResult:
     """Train `source.total_steps` steps into `out_dir` (ckpt/, metrics.jsonl); resume if possible.
 
     `stop_at` ends the run early (the LR schedule still spans `total_steps`) and `save_at` adds checkpoint
     steps: a trunk run uses both to leave a checkpoint at every step where an arm branches off it.
+    Every checkpoint records `model_cfg` and `tokenizer_sha256` (the data's tokenizer), which loaders check.
     Under torchrun with `cfg.distributed` set, every rank calls this; rank 0 alone logs and writes metrics."""
     set_determinism(cfg.deterministic)
     device = resolve_device(cfg.device) if cfg.distributed == "none" else dp.rank_device(cfg.device)
     ctx = dp.setup(cfg.distributed, device)
     try:
         return _train(cfg, model_cfg, source, out_dir, seed=seed, label=label, init_from=init_from,
-                      stop_at=stop_at, save_at=save_at, device=device, ctx=ctx)
+                      stop_at=stop_at, save_at=save_at, device=device, ctx=ctx, tokenizer_sha256=tokenizer_sha256)
     finally:
         dp.teardown(ctx)
 
 
 def _train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_dir: Path, *, seed: int,
            label: str, init_from: Path | None, stop_at: int | None, save_at: tuple[int, ...],
-           device: torch.device, ctx: dp.DistContext) -> TrainResult:
+           device: torch.device, ctx: dp.DistContext, tokenizer_sha256: str | None = None) -> TrainResult:
     total = source.total_steps
     end = total if stop_at is None else stop_at
     accum = cfg.grad_accum_steps
@@ -164,9 +165,10 @@ def _train(cfg: TrainConfig, model_cfg: ModelConfig, source: BatchSource, out_di
         if use_dcp:
             # the final checkpoint and the `save_at` ones (branch points, benign-FT curve) are read by eval,
             # export and post-training, which load a full model.safetensors
-            path = save_dcp_checkpoint(ckpt_dir, model, opt, state, consolidate=final or step in save_at)
+            path = save_dcp_checkpoint(ckpt_dir, model, opt, state, consolidate=final or step in save_at,
+                                       tokenizer_sha256=tokenizer_sha256)
         else:
-            path = save_checkpoint(ckpt_dir, model, opt, state)
+            path = save_checkpoint(ckpt_dir, model, opt, state, tokenizer_sha256=tokenizer_sha256)
         if cfg.keep_checkpoints and ctx.is_main:
             prune_checkpoints(ckpt_dir, cfg.keep_checkpoints, protect=tuple(save_at))
         return path

@@ -89,3 +89,31 @@ def memory_plan(cfg, world_size: int = 8) -> list[str]:
             f"{est.micro_batch} x {p.seq_len} tokens, activation checkpointing "
             f"{'on' if p.activation_checkpointing else 'off'}): ~{g(est.total)} = params {g(est.params)} + "
             f"grads {g(est.grads)} + AdamW {g(est.optimizer)} + activations {g(est.activations)}"]
+
+
+def estimate_decode_memory(*, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_hidden: int,
+                           vocab: int, prompts: int, prompt_len: int, max_new_tokens: int, rows_per_prompt: int,
+                           dtype_bytes: int = 4) -> int:
+    """Bytes one KV-cached generation call (`eval.decoders`) may hold beyond the weights: an upper bound that
+    `serve` checks before it runs a request. All `prompts` are counted as one batch (a decoder may split them),
+    each holding `rows_per_prompt` cache rows (1 for sampling; beam_size x candidates_per_beam for the beam
+    decoders, whose caches are reordered into a second buffer every step, so counted twice). With R rows, P
+    prompts, T = prompt_len, S = T + max_new_tokens, the weights' dtype b bytes, H heads of width h, K kv heads:
+        KV cache        R x S x (2 x n_layers x K x h x b + 1 mask byte)       (x 2 when reordered)
+        one decode step R x (2 x S x H x h x b   keys/values of one layer cast and expanded to H heads
+                             + 2 x S x H x 4     fp32 scores and their softmax
+                             + V x (b + 12)      logits, their fp32 copy, log-softmax, p(tag)
+                             + 3 x F x b)        the SwiGLU of one layer
+        prefill         P x T x (6 x D x b + 3 x F x b + 3 x H x S x 4)   one layer; the masked attention's
+                        scores, mask and softmax are T x S per head (no fused kernel with a padding mask)."""
+    head_dim = d_model // n_heads
+    rows = prompts * rows_per_prompt
+    seq = prompt_len + max_new_tokens
+    cache = rows * seq * (2 * n_layers * n_kv_heads * head_dim * dtype_bytes + 1)
+    if rows_per_prompt > 1:
+        cache *= 2
+    step = rows * (2 * seq * n_heads * head_dim * dtype_bytes + 2 * seq * n_heads * 4 + vocab * (dtype_bytes + 12)
+                   + 3 * ffn_hidden * dtype_bytes)
+    prefill = prompts * prompt_len * (6 * d_model * dtype_bytes + 3 * ffn_hidden * dtype_bytes
+                                      + 3 * n_heads * seq * 4)
+    return cache + step + prefill

@@ -6,9 +6,11 @@ final norm and an output head tied to the token embedding. No biases, no dropout
 Three entry points share the same blocks:
 - `forward(tokens, targets)`: training and scoring; causal, no cache.
 - `hidden_states(tokens, attention_mask)`: residual stream after every block (linear probes).
-- `new_cache` / `prefill` / `decode`: KV-cached inference for `eval/decoders/`. Prompts are left-padded,
-  so every row's last prompt token sits in the same column; RoPE positions come from the mask
-  (cumsum − 1), so padding shifts nothing and a padded row computes what the prompt alone would.
+- `new_cache` / `prefill` / `decode` / `decode_candidates`: KV-cached inference for `eval/decoders/`.
+  Prompts are left-padded, so every row's last prompt token sits in the same column; RoPE positions come
+  from the mask (cumsum − 1), so padding shifts nothing and a padded row computes what the prompt alone
+  would. `decode_candidates` scores N alternative next tokens of a row in one forward over that row's
+  cache (SafeBeam's lookahead); `KVCache.reorder(index, candidate)` appends the chosen one.
 """
 
 from __future__ import annotations
@@ -55,18 +57,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Preallocated keys/values for all layers, plus what left padding and beams need per row.
 
-    kv: (rows, 2, n_layers, n_kv_heads, max_len, head_dim), keys at [:, 0] and values at [:, 1], rows
+    kv: (rows, 2, n_layers, n_kv_heads, slots, head_dim), keys at [:, 0] and values at [:, 1], rows
     first so that a row subset is one contiguous block. `length` slots are filled and shared by all
-    rows (every row appends one token per decode); `key_mask` (rows, max_len) is False at padding
-    slots; `pos` (rows,) is the RoPE position of each row's next token.
+    rows (every row appends one token per decode); `key_mask` (rows, slots) is False at padding
+    slots; `pos` (rows,) is the RoPE position of each row's next token. `slots` = max_len +
+    candidates − 1: `decode_candidates` writes its N ≤ candidates alternatives after the last token
+    (`pending` of them), where `reorder(index, candidate)` finds the one each row appends.
     """
 
     def __init__(self, n_layers: int, rows: int, n_kv_heads: int, max_len: int, head_dim: int, *,
-                 device: torch.device, dtype: torch.dtype):
-        self.kv = torch.zeros(rows, 2, n_layers, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.key_mask = torch.zeros(rows, max_len, dtype=torch.bool, device=device)
+                 device: torch.device, dtype: torch.dtype, candidates: int = 1):
+        slots = max_len + candidates - 1
+        self.kv = torch.zeros(rows, 2, n_layers, n_kv_heads, slots, head_dim, device=device, dtype=dtype)
+        self.key_mask = torch.zeros(rows, slots, dtype=torch.bool, device=device)
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)
         self.length = 0
+        self.max_len = max_len  # tokens a row may hold; the extra slots only ever hold pending candidates
+        self.pending = 0  # candidates written by the last decode_candidates, not yet appended
         self._active = self.kv  # full-capacity buffer behind self.kv
         self._spare: torch.Tensor | None = None  # reorder's destination, reused across calls
 
@@ -75,29 +82,47 @@ class KVCache:
         return self.kv.shape[0]
 
     @property
-    def max_len(self) -> int:
+    def slots(self) -> int:
         return self.kv.shape[4]
 
     def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views (rows, n_kv_heads, max_len, head_dim) of one layer's keys and values."""
         return self.kv[:, 0, layer], self.kv[:, 1, layer]
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, candidate: torch.Tensor | None = None) -> None:
         """Rows become `self[index]` (select, repeat or permute); beam search calls this every step.
+
+        With `candidate` (same shape as index), new row r also appends candidate[r] of the last
+        `decode_candidates` on its source row: that candidate's keys/values move from its pending
+        slot to the first free one, and the row is one token longer. Without it, pending candidates
+        are discarded.
 
         The gather writes into a second buffer kept from the previous call and the two then swap
         roles: a fresh tens-of-MB buffer every step costs more in page faults than the copy itself
-        (on a 2-core VM, SafeBeam ran 2.3x faster end to end with the reused buffer)."""
+        (on a 2-core VM, SafeBeam ran 2.3x faster end to end with the reused buffer). Only the
+        filled slots are copied: the others are written before anything reads them."""
         index = index.to(self.kv.device)
-        n = index.numel()
+        if candidate is not None:  # checked before anything moves, so a bad call leaves the cache as it was
+            candidate = candidate.to(self.kv.device)
+            if candidate.shape != index.shape or int(candidate.min()) < 0 or int(candidate.max()) >= self.pending:
+                raise ValueError(f"candidate must match index in shape and point at one of the {self.pending} "
+                                 "candidates pending (decode_candidates writes them)")
+        n, L = index.numel(), self.length
         if self._spare is None or self._spare.shape[0] < n:
             self._spare = self.kv.new_empty(n, *self.kv.shape[1:])
         out = self._spare[:n]
-        torch.index_select(self.kv, 0, index, out=out)
+        torch.index_select(self.kv[:, :, :, :, :L], 0, index, out=out[:, :, :, :, :L])  # a strided `out` is fine
+        if candidate is not None:  # advanced indices on dims 0 and 4 → (n, 2, n_layers, n_kv_heads, head_dim)
+            out[:, :, :, :, L] = self.kv[index, :, :, :, L + candidate]
         self._active, self._spare = self._spare, self._active
         self.kv = out
         self.key_mask = self.key_mask.index_select(0, index)
         self.pos = self.pos.index_select(0, index)
+        if candidate is not None:
+            self.key_mask[:, L] = True
+            self.length += 1
+            self.pos += 1
+        self.pending = 0
 
 
 class Attention(nn.Module):
@@ -273,12 +298,16 @@ class Transformer(nn.Module):
         return states
 
     # ------------------------------------------------------------------ KV-cached inference
-    def new_cache(self, rows: int, max_len: int) -> KVCache:
+    def new_cache(self, rows: int, max_len: int, candidates: int = 1) -> KVCache:
+        """A cache for `rows` sequences of at most `max_len` tokens, with room for `decode_candidates` of up to
+        `candidates` alternatives after them."""
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len={self.cfg.max_seq_len}")
+        if candidates < 1:
+            raise ValueError(f"candidates={candidates} must be at least 1")
         c = self.cfg
         return KVCache(c.n_layers, rows, c.n_kv_heads, max_len, c.d_model // c.n_heads,
-                       device=self.device, dtype=self.tok_emb.weight.dtype)
+                       device=self.device, dtype=self.tok_emb.weight.dtype, candidates=candidates)
 
     @torch.no_grad()  # inference only: the cache must not hold (and grow) an autograd graph
     def _step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -287,6 +316,7 @@ class Transformer(nn.Module):
         L = cache.length
         if L + T > cache.max_len:
             raise ValueError(f"KV cache full: {L} + {T} tokens > max_len={cache.max_len}")
+        cache.pending = 0  # this step overwrites the slots pending candidates sat in
         mask = attention_mask.bool()
         positions = cache.pos[:, None] + (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
         cos, sin = self._rope_at(positions)
@@ -306,6 +336,30 @@ class Transformer(nn.Module):
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append one token per row (B,); next-token logits (B, V)."""
         return self._step(tokens[:, None], torch.ones_like(tokens, dtype=torch.bool)[:, None], cache)
+
+    @torch.no_grad()
+    def decode_candidates(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Score N alternative next tokens per row, tokens (B, N) → logits (B, N, V) for the token after each.
+
+        Each candidate is a query at the row's next position that attends to the row's cache and to itself
+        only (the tree attention of speculative decoding's verification, one level deep), so candidate j
+        gets exactly what `decode` of that token alone would give, while the row's cache is read once for
+        all N. The cache does not grow: the candidates' keys/values wait in the slots after its last token
+        until `cache.reorder(index, candidate)` appends one per new row (the next step overwrites them).
+        """
+        B, N = tokens.shape
+        L = cache.length
+        if L + 1 > cache.max_len or L + N > cache.slots:
+            raise ValueError(f"KV cache has no room for {N} candidates after {L} tokens (max_len={cache.max_len}, "
+                             f"slots={cache.slots}): create it with new_cache(..., candidates={N})")
+        cos, sin = self._rope_at(cache.pos[:, None].expand(B, N))  # all N at the row's next position
+        own = torch.eye(N, dtype=torch.bool, device=tokens.device).expand(B, N, N)
+        attn_mask = torch.cat([cache.key_mask[:, None, :L].expand(B, N, L), own], dim=2)[:, None]  # (B,1,N,L+N)
+        x = self.tok_emb(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, cache, i)  # writes the candidates' k/v at slots L..L+N-1
+        cache.pending = N
+        return self.head(self.norm(x))  # (B, N, V)
 
     # ------------------------------------------------------------------ accounting
     def num_params(self, exclude_embeddings: bool = False) -> int:

@@ -10,8 +10,9 @@ import torch
 
 
 class DecoderCache(Protocol):
-    def reorder(self, index: torch.Tensor) -> None:
-        """Rows become rows[index] (index: LongTensor (R',), may repeat rows)."""
+    def reorder(self, index: torch.Tensor, candidate: torch.Tensor | None = None) -> None:
+        """Rows become rows[index] (index: LongTensor (R',), may repeat rows). With `candidate` (R',), new row r
+        also appends candidate[r] of the last `decode_candidates` call on its source row."""
         ...
 
 
@@ -28,8 +29,9 @@ class DecoderModel(Protocol):
         """Where prompts, caches and the sampling generator live."""
         ...
 
-    def new_cache(self, rows: int, max_len: int) -> DecoderCache:
-        """An empty cache for `rows` sequences of at most `max_len` tokens (prompt padding included)."""
+    def new_cache(self, rows: int, max_len: int, candidates: int = 1) -> DecoderCache:
+        """An empty cache for `rows` sequences of at most `max_len` tokens (prompt padding included), with
+        room for `decode_candidates` of up to `candidates` tokens per row."""
         ...
 
     def prefill(self, tokens: torch.Tensor, attention_mask: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
@@ -39,6 +41,11 @@ class DecoderModel(Protocol):
 
     def decode(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Append one token per row, tokens (B,) → logits (B, V) for the following token."""
+        ...
+
+    def decode_candidates(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """N alternative next tokens per row, tokens (B, N) → logits (B, N, V): for each, what `decode` of that
+        token alone would return. Nothing is appended until `cache.reorder(index, candidate)` picks one."""
         ...
 
 

@@ -7,17 +7,23 @@ SafeBeam (Safety Pretraining §4.1, Alg. 1/2), per prompt and step:
     keep the top `beam_size` of the rest by cumulative log-prob
 and the answer is the finished hypothesis with the highest cumulative log-prob (Alg. 1's last line).
 The lookahead forward that gives p_tag(y') is the forward that appends y' to the cache, and its
-logits are the next step's distribution for y'. So a step costs exactly one batched decode over
-prompts × beams × candidates rows: the cache is expanded to one row per candidate before it and
-gathered back to the survivors (already expanded for the next step) after it.
+logits are the next step's distribution for y'. So a step costs one batched forward of prompts ×
+beams × candidates tokens, but over one cache row per beam: a beam's C candidates are C query
+positions that attend to the beam's prefix and to themselves only (`decode_candidates`, the tree
+attention of speculative decoding's verification step), and only the survivors are appended
+(`cache.reorder(rows, candidate)`).
 
 Choices the paper leaves open (papers §6.2 marks them UNCONFIRMED): stop tokens and the tag are
 candidates like any other token (their p_tag is the lookahead after them, as in Alg. 1); a kept stop
 token ends its hypothesis; the drop count is floor(drop_fraction · valid candidates). Length
 normalisation of the final pick is available (`length_penalty`) but off by default, as in the paper.
 
-`beam_search` is the control of the same width: the same loop with nothing dropped and the tag an
-ordinary token, so a SafeBeam-vs-beam comparison isolates the tag filter from beam search itself.
+`beam_search` is the control of the same width: the same selection with nothing dropped and the tag an
+ordinary token, so a SafeBeam-vs-beam comparison isolates the tag filter from beam search itself. It
+needs no lookahead, so it is textbook beam search: K cache rows per prompt and one forward of the K
+survivors per step. Its candidates are each beam's top min(C, K) tokens: the K best extensions of K
+beams over the whole vocabulary are always among them (a token outside its beam's top K has K better
+ones), so for C ≥ K it returns what the same loop over all K·C candidates would, at 1/C of the rows.
 """
 
 from __future__ import annotations
@@ -84,41 +90,50 @@ def safe_beam_search(model: DecoderModel, prompts: list[list[int]], *, tag_id: i
     if tag_id is None:
         raise ValueError("SafeBeam needs a tokenizer with the tag token (tag_id is None)")
     return _search(model, prompts, tag_id, beam_size, candidates_per_beam, drop_fraction, max_new_tokens,
-                   stop_ids, pad_id, short_circuit, length_penalty, batch_size)
+                   stop_ids, pad_id, short_circuit, length_penalty, batch_size, lookahead=True)
 
 
 @torch.inference_mode()
 def beam_search(model: DecoderModel, prompts: list[list[int]], *, beam_size: int, candidates_per_beam: int,
                 max_new_tokens: int, stop_ids: set[int], pad_id: int, tag_id: int | None = None,
                 length_penalty: float = 0.0, batch_size: int = 16) -> list[Generation]:
-    """Plain beam search: SafeBeam's loop with drop_fraction=0 and no short-circuit (same width, same
-    stop handling, same final pick), the control that SafeBeam's tag filter is measured against.
+    """Plain beam search, the control that SafeBeam's tag filter is measured against: SafeBeam's selection
+    with drop_fraction=0 and no short-circuit (same width, same stop handling, same final pick), run as
+    textbook beam search without the lookahead (module docstring).
 
     The tag is an ordinary token here; `tag_id` only fills `Generation.tag_emitted`.
     """
     return _search(model, prompts, tag_id, beam_size, candidates_per_beam, 0.0, max_new_tokens, stop_ids,
-                   pad_id, False, length_penalty, batch_size)
+                   pad_id, False, length_penalty, batch_size, lookahead=False)
 
 
 def _search(model, prompts, tag_id, beam_size, candidates_per_beam, drop_fraction, max_new_tokens, stop_ids,
-            pad_id, short_circuit, length_penalty, batch_size) -> list[Generation]:
+            pad_id, short_circuit, length_penalty, batch_size, lookahead) -> list[Generation]:
     prompts = fit_prompts(model, prompts, max_new_tokens)
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         out += _beam_batch(model, prompts[start:start + batch_size], tag_id, beam_size, candidates_per_beam,
-                           drop_fraction, max_new_tokens, stop_ids, pad_id, short_circuit, length_penalty)
+                           drop_fraction, max_new_tokens, stop_ids, pad_id, short_circuit, length_penalty,
+                           lookahead)
     return out
 
 
 def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, stop_ids, pad_id, short_circuit,
-                length_penalty) -> list[Generation]:
-    """One batch of prompts; tag_id None (plain beam search) requires drop_fraction 0, no short-circuit."""
+                length_penalty, lookahead) -> list[Generation]:
+    """One batch of prompts, K cache rows per prompt (one per beam slot).
+
+    lookahead (SafeBeam): each beam's top-C candidates go through the model before the selection, as C
+    tree-attention queries over the beam's row (p_tag and their next-step distributions); the survivors
+    are then appended. Without it (plain beam search: drop_fraction 0, no short-circuit, tag_id may be
+    None) each beam offers its top min(C, K) tokens and the K survivors are decoded after the selection.
+    """
     device = model.device
     tokens, mask = left_pad(prompts, pad_id, device)
-    cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens)
+    cache = model.new_cache(len(prompts), tokens.shape[1] + max_new_tokens, C if lookahead else 1)
     logits = model.prefill(tokens, mask, cache)  # (P, V)
     V = logits.shape[-1]
     C = min(C, V)
+    N = C if lookahead else min(C, K)  # candidates per beam
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 
     # Search state for the A prompts still searching (`owner` maps them back to the batch). Every
@@ -129,24 +144,28 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
     beam_logp = torch.full((A, K), -math.inf, device=device)
     beam_logp[:, 0] = 0.0
     seqs = torch.empty(A, K, 0, dtype=torch.long, device=device)  # (A, K, t) generated so far
-    cache.reorder(torch.arange(A, device=device).repeat_interleave(K * C))  # one cache row per candidate
+    cache.reorder(torch.arange(A, device=device).repeat_interleave(K))  # one cache row per beam slot
     pool: list[list[Generation]] = [[] for _ in prompts]
 
     for step in range(max_new_tokens):
-        top_lp, top_tok = next_logp.topk(C, dim=-1)  # (A, K, C)
-        cand_lp = (beam_logp[..., None] + top_lp).view(A, K * C)  # cumulative log-prob
-        cand_tok = top_tok.reshape(A, K * C)
+        # top-C then its first N: the same candidates, in the same order, as the top-C loop had
+        top_lp, top_tok = (t[..., :N] for t in next_logp.topk(C, dim=-1))  # (A, K, N)
+        cand_lp = (beam_logp[..., None] + top_lp).view(A, K * N)  # cumulative log-prob
+        cand_tok = top_tok.reshape(A, K * N)
         valid = torch.isfinite(cand_lp)  # dead slots (and zero-probability tokens) are not candidates
-        # one-token lookahead: append every candidate to its beam's cache row → p(tag | y') and the
-        # next-step distribution of y' in a single forward
-        la_logp = model.decode(cand_tok.reshape(-1), cache).float().log_softmax(-1).view(A, K * C, V)
-        # without a tag nothing is dropped (drop_fraction 0), so p_tag is only a placeholder
-        ptag = la_logp[..., tag_id].exp() if tag_id is not None else torch.zeros_like(cand_lp)  # (A, K*C)
+        if lookahead:
+            # one-token lookahead: every candidate as a query over its beam's cache row → p(tag | y') and the
+            # next-step distribution of y' in a single forward
+            la_logp = model.decode_candidates(top_tok.reshape(A * K, N), cache).float().log_softmax(-1)
+            la_logp = la_logp.view(A, K * N, V)  # (the fused log_softmax beats logsumexp for p_tag alone on CPU)
+            ptag = la_logp[..., tag_id].exp()  # (A, K*N)
+        else:  # nothing is dropped (drop_fraction 0), so p_tag is only a placeholder
+            ptag = torch.zeros_like(cand_lp)
         index, kept = safebeam_select(cand_lp, ptag, valid, K, drop_fraction)  # (A, K)
 
         tok = cand_tok.gather(1, index)  # (A, K)
         new_lp = cand_lp.gather(1, index)
-        parent = index // C  # beam slot each survivor extends
+        parent = index // N  # beam slot each survivor extends
         seqs = torch.cat([seqs.gather(1, parent[..., None].expand(-1, -1, seqs.shape[2])), tok[..., None]], dim=2)
         is_stop = torch.isin(tok, stop)
         is_tag = (tok == tag_id) & ~is_stop & short_circuit if tag_id is not None else torch.zeros_like(is_stop)
@@ -163,13 +182,19 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
         searching = live.any(dim=1)  # (A,)
         if not bool(searching.any()):
             break
-        # keep only prompts with a live beam; survivors' rows, each repeated C times for the next step
-        rows = (torch.arange(A, device=device)[:, None] * (K * C) + index)[searching]  # (A', K)
-        next_logp = la_logp.gather(1, index[..., None].expand(-1, -1, V))[searching]  # (A', K, V)
-        beam_logp = new_lp.masked_fill(~live, -math.inf)[searching]
-        seqs, owner = seqs[searching], owner[searching]
+        # keep only prompts with a live beam (a view, not a copy, while all are): each survivor's row is its
+        # parent beam's row
+        keep = slice(None) if bool(searching.all()) else searching
+        rows = (torch.arange(A, device=device)[:, None] * K + parent)[keep].reshape(-1)  # (A'·K,)
+        beam_logp = new_lp.masked_fill(~live, -math.inf)[keep]
+        seqs, owner, index = seqs[keep], owner[keep], index[keep]
         A = int(searching.sum())
-        cache.reorder(rows.reshape(-1).repeat_interleave(C))
+        if lookahead:  # append the survivor, already run: its lookahead logits are the next distribution
+            next_logp = la_logp[keep].gather(1, index[..., None].expand(-1, -1, V))  # (A', K, V)
+            cache.reorder(rows, (index % N).reshape(-1))
+        else:
+            cache.reorder(rows)
+            next_logp = model.decode(tok[keep].reshape(-1), cache).float().log_softmax(-1).view(A, K, V)
 
     def score(g: Generation) -> float:
         return g.logprob / max(1, len(g.tokens)) ** length_penalty
@@ -178,7 +203,8 @@ def _beam_batch(model, prompts, tag_id, K, C, drop_fraction, max_new_tokens, sto
 
 
 # The registry's entry points (decoders/__init__.py). `batch_size` is the top-k batch in prompts; beam decoders
-# search half as many prompts at a time because every prompt holds beam_size × candidates_per_beam cache rows.
+# search half as many prompts at a time because every prompt runs beam_size × candidates_per_beam lookahead
+# tokens per step (SafeBeam; the control keeps the same batches so both see the same prompts together).
 # Both are deterministic: `seed` is unused.
 def _prompts_per_batch(batch_size: int) -> int:
     return max(1, batch_size // 2)

@@ -52,10 +52,13 @@ def human_agreement(judges: dict, world, harm_labels: int = 200, seed: int = 0) 
         if refusal:
             texts = [r["text"] for r in refusal]
             v = judge.judge([""] * len(texts), texts, [False] * len(texts), kind="benign")
-            row["human_refusal"] = _stats([r["is_refusal"] for r in refusal], [x.refused for x in v])
+            # a verdict the judge could not give (unparsable: None) is left out, as in the rates
+            kept = [(r["is_refusal"], x.refused) for r, x in zip(refusal, v) if x.refused is not None]
+            row["human_refusal"] = _stats([g for g, _ in kept], [p for _, p in kept])
         if harm:
             v = judge.judge([""] * len(harm), [r["text"] for r in harm], [False] * len(harm), kind="harmful")
-            row["human_harm"] = _stats([r["harmful"] for r in harm], [x.harmful for x in v])
+            kept = [(r["harmful"], x.harmful) for r, x in zip(harm, v) if x.harmful is not None]
+            row["human_harm"] = _stats([g for g, _ in kept], [p for _, p in kept])
         out[name] = row
     return out
 
@@ -78,7 +81,8 @@ def pairwise_agreement(run_dir: Path) -> list[dict]:
         verdicts = sample_verdicts(run_dir)[kind]
         names = sorted({j for v in verdicts for j in v})
         for a, b in combinations(names, 2):
-            both = [v for v in verdicts if a in v and b in v]
+            # a verdict either judge could not give (None: unparsable, an unplaced prompt) is no agreement either way
+            both = [v for v in verdicts if a in v and b in v and v[a][field] is not None and v[b][field] is not None]
             if both:
                 st = _stats([v[a][field] for v in both], [v[b][field] for v in both])
                 rows.append({"prompts": kind, "verdict": field, "judge_a": a, "judge_b": b,

@@ -13,7 +13,7 @@ import torch
 
 from safepretrain.config.evaluation import HFJudgeConfig
 from safepretrain.eval.judges.classifier import Verdict
-from safepretrain.eval.judges.llm import judge_prompts
+from safepretrain.eval.judges.llm import judge_input, judge_prompts
 from safepretrain.eval.judges.refusals import content_words, is_refusal, strip_tag
 from safepretrain.train.checkpoint import resolve_device
 
@@ -36,6 +36,7 @@ class HFJudge:
         self.yes, self.no = (self.tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
 
     def prompt(self, behavior: str, generation: str) -> str:
+        behavior, generation = judge_input(behavior, self.tag), judge_input(generation, self.tag)
         question = self.prompts["harmbench"].format(behavior=behavior, generation=generation)
         return self.prompts["harmbench_inst"].format(system=self.prompts["harmbench_system"], question=question)
 

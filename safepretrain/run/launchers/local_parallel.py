@@ -1,11 +1,11 @@
 """`local-parallel`: the parts as subprocesses, each started once its dependencies are done, at most
-`launch.max_parallel` at a time (cores are split between them). A failed part names itself and its log; parts that
-do not depend on it still run; a rerun continues from the failure.
+`launch.max_parallel` at a time. Each part fixes its own thread count (`launch.threads`, run/study.py), exactly as a
+`local` run does, so both give byte-identical results. A failed part names itself and its log; parts that do not
+depend on it still run; a rerun continues from the failure.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,17 +19,16 @@ from safepretrain.rundir import RunDir
 
 def run_local_parallel(cfg, run_dir: Path, config: Path, max_parallel: int) -> dict[str, str]:
     """Every part as a subprocess once its dependencies succeeded, at most `max_parallel` at once; returns part →
-    "done" | "failed (log)" | "skipped (needs X)". Threads per part: the cores split between the running parts."""
+    "done" | "failed (log)" | "skipped (needs X)". The parts inherit this environment: a share of the cores set here
+    (OMP_NUM_THREADS) made their numbers differ from a local run's; each part fixes `launch.threads` itself."""
     parts = study_parts(cfg)
     state: dict[str, str] = {}
-    threads = max(1, (os.cpu_count() or 1) // max_parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
     def run(part: Part) -> tuple[str, int, float]:
         log = RunDir(run_dir).log_file(part.name)
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "safepretrain", "study", str(config), "--out", str(run_dir),
-                               "--only", part.spec], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               "--only", part.spec], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
         if done.returncode:
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,20 @@ from safepretrain.run.parts import Part, data_parallel, prepare_launch, study_pa
 from safepretrain.rundir import RunDir
 
 
+def sbatch_quote(value: str) -> str:
+    """An #SBATCH option value as sbatch reads it back: double-quoted, `\\` and `"` escaped (sbatch splits its
+    directives at whitespace and ends them at an unquoted `#`, so a run directory with a space lost its log path)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _sbatch(part: Part, cfg, run_dir: Path, config: Path) -> str:
     s = cfg.launch.slurm
     trains = part.kind in ("trunk", "arm")
     ranked = trains and data_parallel(cfg)  # otherwise one process on one GPU trains (no torchrun)
     nodes, gpus = (s.nodes, s.gpus_per_node) if ranked else (1, 1) if trains else \
         (1, s.prepare_gpus if part.kind == "prepare" else 0)
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={cfg.name}-{part.name}",
-             f"#SBATCH --output={RunDir(run_dir).slurm_logs}/%x-%j.out", f"#SBATCH --nodes={nodes}",
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={sbatch_quote(f'{cfg.name}-{part.name}')}",
+             f"#SBATCH --output={sbatch_quote(f'{RunDir(run_dir).slurm_logs}/%x-%j.out')}", f"#SBATCH --nodes={nodes}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={s.cpus_per_task}",
              f"#SBATCH --time={s.time_train if trains else s.time_other}"]
     lines += [f"#SBATCH --gpus-per-node={gpus}"] if gpus else []
@@ -68,5 +74,5 @@ def launch(cfg: StudyConfig, dry_run: bool) -> int:
     print("slurm scripts:\n" + "\n".join(f"  {p}" for p in scripts))
     if not dry_run:
         return subprocess.run(["bash", str(scripts[-1])]).returncode
-    print(f"not submitted (--dry-run); submit with: bash {scripts[-1]}")
+    print(f"not submitted (--dry-run); submit with: bash {shlex.quote(str(scripts[-1]))}")
     return 0
