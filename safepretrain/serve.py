@@ -30,9 +30,16 @@ Streaming (`stream: true`) sends OpenAI chunks ending with `data: [DONE]`. The d
 (beam search cannot emit a token before the search ends), so chunks are sent once the answer is complete,
 one per token; their text concatenates to exactly the non-streamed text.
 
-The request models take only what the server honours today; OpenAI fields it does not (stop, logprobs, echo,
-top_p, token-id prompts, n > 1) are ignored or refused by their own field, so honouring one later is one field
-and one step of `plan`.
+OpenAI parameters (docs/clients.md has the table): `stop` (the text is cut before the first stop string, after
+decoding), `n` (choices per prompt, each its own sample), `seed`, `temperature`, `top_p` (nucleus after top_k;
+topk decoder), `frequency_penalty` and `presence_penalty` (topk decoder), `max_tokens` /
+`max_completion_tokens`, `stream` and `stream_options`; log-probs, the model's
+teacher-forced log-softmax over prompt + answer (`eval.likelihood.sequence_logprobs`): `logprobs` + `top_logprobs`
+on chat, `logprobs` (0-5 alternatives) + `echo` on completions, where `max_tokens: 0` with `echo: true` scores the
+prompt alone (lm-eval's loglikelihood requests); prompts as text or as token-id lists. Parameters clients send with
+their neutral value (`logit_bias` {}, `best_of` = n, `tools` [],
+`response_format` text, `user`) are taken; any other value, and any parameter not listed, is a 400 naming it:
+nothing is silently ignored (`serve_requests.py`).
 """
 
 from __future__ import annotations
@@ -62,8 +69,10 @@ from starlette.exceptions import HTTPException
 from safepretrain.config import ConfigError
 from safepretrain.data.tokenizer import TextTokenizer
 from safepretrain.eval.decoders import DECODERS, Generation, decode, decoder_settings
+from safepretrain.eval.likelihood import TokenLogprobs, sequence_logprobs
 from safepretrain.rundir import RunDir, RunDirError, relative_to_run
 from safepretrain.serve_requests import (  # noqa: F401  (Message, inert: serve's public names)
+    MAX_PROMPTS,
     ChatBody,
     CompletionBody,
     Message,
@@ -74,12 +83,22 @@ from safepretrain.serve_requests import (  # noqa: F401  (Message, inert: serve'
     completion_ids,
     inert,
 )
+from safepretrain.serve_responses import Answer, chat_logprobs, completion_logprobs, cut_at_stop
 from safepretrain.train.memory import estimate_decode_memory
 
 QUEUE_PER_SLOT = 4  # waiting requests per concurrency slot before 429: bounded memory, smooth bursts
 FINISH = {"stop": "stop", "length": "length", "tag": "content_filter"}  # Generation.stopped → OpenAI
 DISCONNECT_POLL_S = 0.1  # how often a running generation checks that its client is still there
 MIB = 2**20
+# a decoder setting sent to a decoder that has no such field is refused, unless it asks for nothing
+NEUTRAL = {"top_p": 1.0, "temperature": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+REQUEST_NAME = {"k": "top_k"}  # settings field → its name in a request body
+
+
+def owners(setting: str) -> list[str]:
+    """The decoders whose settings model has `setting`."""
+    return sorted(name for name in DECODERS
+                  if DECODERS[name].settings is not None and setting in DECODERS[name].settings.model_fields)
 
 log = logging.getLogger("safepretrain.serve")
 
@@ -139,11 +158,26 @@ def load_served(checkpoint: Path, device: str = "cpu") -> ServedModel:
 class Plan:
     """A checked request: what to run, in a form the worker thread needs nothing else for."""
     decoder: str
-    prompts: list[list[int]]
-    max_tokens: int
+    prompts: list[list[int]]  # one per choice: each request prompt n times, in order
+    max_tokens: int  # 0: no generation (completions with echo: the prompt's log-probs only)
     seed: int
     settings: BaseModel
+    stops: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none asked; else the number of top alternatives per token
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next forward pass
+
+
+@dataclass
+class Choice:
+    """One answer: the decoder's generation, its text after the stop strings, and (when asked) the log-probs of
+    the prompt and the answer's tokens."""
+    generation: Generation
+    answer: Answer
+    scores: TokenLogprobs | None
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.answer.stopped_by_string else FINISH[self.generation.stopped]
 
 
 def request_memory(served: ServedModel, settings: BaseModel, prompts: list[list[int]], max_tokens: int) -> int:
@@ -175,10 +209,22 @@ def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int,
     context = served.model.max_seq_len
     longest = max(len(p) for p in prompts)
     where = "messages" if isinstance(body, ChatBody) else "prompt"
-    asked = body.max_tokens or body.max_completion_tokens
+    echo = isinstance(body, CompletionBody) and body.echo
+    asked = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
     if asked is not None and asked > cap:
         raise ServeError(400, f"max_tokens={asked} is above this server's cap of {cap} (--max-tokens-cap); ask for "
                               "fewer tokens", param="max_tokens")
+    if asked == 0 and not echo:
+        raise ServeError(400, "max_tokens=0 asks for no completion, which only makes sense with echo: true on "
+                              "/v1/completions (the prompt's log-probs); ask for at least 1 token", param="max_tokens")
+    if len(prompts) * body.n > MAX_PROMPTS:
+        raise ServeError(400, f"{len(prompts)} prompt(s) × n={body.n} choices is {len(prompts) * body.n} answers; "
+                              f"at most {MAX_PROMPTS} per request", param="n")
+    logprobs = body.logprobs if isinstance(body, CompletionBody) else \
+        (body.top_logprobs or 0) if body.logprobs else None
+    if body.stream and (body.n > 1 or echo or logprobs is not None):
+        raise ServeError(400, "stream: true sends one choice's text only: leave out n, echo and logprobs, or ask "
+                              "without streaming", param="stream")
     # default: the eval's length within the cap, shortened to what the context leaves (as OpenAI's API does)
     max_tokens = asked if asked is not None else max(1, min(e.max_new_tokens, cap, context - longest))
     if longest + max_tokens > context:  # never cut a prompt: its start holds the <|user|> marker
@@ -186,13 +232,23 @@ def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int,
                               f"{longest + max_tokens} tokens ({longest} in the {where}, {max_tokens} in the "
                               f"completion). Please reduce the length of the {where} or max_tokens.",
                          param=where, code="context_length_exceeded")
-    # the decoder's own settings model (the run's eval section), with the request's values for its fields
-    fields_asked = {"k": body.top_k, "temperature": body.temperature, "beam_size": body.beam_size,
-                    "candidates_per_beam": body.candidates_per_beam, "drop_fraction": body.drop_fraction,
-                    "short_circuit": body.short_circuit, "length_penalty": body.length_penalty}
+    # the decoder's own settings model (the run's eval section), with the request's values for its fields; a
+    # field another decoder owns is refused, unless it asks for nothing (top_p 1, temperature 1 for a beam search,
+    # which ranks by the model's own log-probs): clients send those on every request
+    fields_asked = {"k": body.top_k, "temperature": body.temperature, "top_p": body.top_p,
+                    "beam_size": body.beam_size, "candidates_per_beam": body.candidates_per_beam,
+                    "drop_fraction": body.drop_fraction, "short_circuit": body.short_circuit,
+                    "length_penalty": body.length_penalty, "frequency_penalty": body.frequency_penalty,
+                    "presence_penalty": body.presence_penalty}
     base = decoder_settings(body.decoder, e)
     fields = type(base).model_fields
+    for name, value in fields_asked.items():
+        if value is not None and name not in fields and NEUTRAL.get(name) != value:
+            param = REQUEST_NAME.get(name, name)
+            raise ServeError(400, f"{param} does not apply to decoder {body.decoder}; leave it out, or choose a "
+                                  f"decoder that takes it ({', '.join(owners(name))})", param=param)
     settings = base.model_copy(update={k: v for k, v in fields_asked.items() if v is not None and k in fields})
+    prompts = [p for p in prompts for _ in range(body.n)]
     memory = request_memory(served, settings, prompts, max_tokens)
     if memory_limit is not None and memory > memory_limit:
         raise ServeError(400, f"this request needs an estimated {memory / MIB:,.0f} MiB (KV cache and activations "
@@ -202,7 +258,7 @@ def plan(served: ServedModel, body: _Body, prompts: list[list[int]], cap: int,
                               "or a narrower beam (beam_size × candidates_per_beam)", code="request_too_large")
     # no seed → a fresh one, so repeated requests sample differently (as OpenAI's API does); it is echoed back
     seed = body.seed if body.seed is not None else secrets.randbits(31)
-    return Plan(body.decoder, prompts, max_tokens, seed, settings)
+    return Plan(body.decoder, prompts, max_tokens, seed, settings, body.stops, logprobs)
 
 
 class _Cancellable:
@@ -212,6 +268,11 @@ class _Cancellable:
 
     def __init__(self, model: Any, cancel: threading.Event):
         self._model, self._cancel = model, cancel
+
+    def __call__(self, *args, **kwargs):  # a forward pass (the log-probs' teacher forcing)
+        if self._cancel.is_set():
+            raise Cancelled
+        return self._model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._model, name)
@@ -225,14 +286,21 @@ class _Cancellable:
         return checked
 
 
-def run_plan(served: ServedModel, p: Plan) -> list[Generation]:
+def run_plan(served: ServedModel, p: Plan) -> list[Choice]:
     """Blocking: runs in a worker thread. Each request has its own generator and caches, so threads share only
-    the (read-only) weights. Raises Cancelled once `p.cancel` is set."""
+    the (read-only) weights. Raises Cancelled once `p.cancel` is set. Log-probs, when asked, are the model's
+    teacher-forced log-softmax over prompt + answer (temperature 1, whichever decoder chose the tokens)."""
     tok = served.tok
+    model = _Cancellable(served.model, p.cancel)
     with torch.inference_mode():
-        return decode(p.decoder, _Cancellable(served.model, p.cancel), p.prompts, settings=p.settings,
-                      max_new_tokens=p.max_tokens, stop_ids={tok.eos_id, tok.end_id}, pad_id=tok.pad_id,
-                      tag_id=served.tag_id, seed=p.seed, batch_size=len(p.prompts))
+        gens = decode(p.decoder, model, p.prompts, settings=p.settings, max_new_tokens=p.max_tokens,
+                      stop_ids={tok.eos_id, tok.end_id}, pad_id=tok.pad_id, tag_id=served.tag_id, seed=p.seed,
+                      batch_size=len(p.prompts)) if p.max_tokens else \
+            [Generation([], 0.0, "length", False, False) for _ in p.prompts]
+        answers = [cut_at_stop(tok, g.tokens, p.stops) for g in gens]
+        scores = sequence_logprobs(model, [q + a.tokens for q, a in zip(p.prompts, answers)], p.logprobs) \
+            if p.logprobs is not None else [None] * len(gens)
+    return [Choice(g, a, s) for g, a, s in zip(gens, answers, scores)]
 
 
 def text_deltas(tok: TextTokenizer, tokens: list[int]) -> Iterator[str]:
@@ -249,15 +317,45 @@ def text_deltas(tok: TextTokenizer, tokens: list[int]) -> Iterator[str]:
         yield final[len(sent):] if final.startswith(sent) else final  # (unreachable for byte-level BPE)
 
 
+def answer_deltas(tok: TextTokenizer, answer: Answer) -> Iterator[str]:
+    """`text_deltas` of an answer's tokens, ending where its text ends (a stop string's cut)."""
+    sent = 0
+    for piece in text_deltas(tok, answer.tokens):
+        piece = piece[:len(answer.text) - sent]
+        if piece:
+            yield piece
+            sent += len(piece)
+
+
 def _extra(p: Plan, g: Generation) -> dict:
     return {"decoder": p.decoder, "short_circuit": g.short_circuited, "tag_emitted": g.tag_emitted,
             "seed": p.seed, "logprob": round(g.logprob, 4)}
 
 
-def _usage(p: Plan, gens: list[Generation]) -> dict:
-    prompt = sum(len(x) for x in p.prompts)
-    completion = sum(len(g.tokens) for g in gens)
+def _usage(p: Plan, choices: list[Choice], n: int) -> dict:
+    prompt = sum(len(x) for x in p.prompts[::n])  # each prompt once, however many choices it has
+    completion = sum(len(c.answer.tokens) for c in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion_choice(tok: TextTokenizer, p: Plan, index: int, c: Choice, echo: bool) -> dict:
+    """One choice of /v1/completions: with `echo`, the prompt's text and log-probs come first."""
+    prompt = p.prompts[index]
+    prompt_text = tok.decode(prompt)
+    logprobs = None
+    if p.logprobs is not None:
+        logprobs = completion_logprobs(tok, prompt + c.answer.tokens, c.scores, 0 if echo else len(prompt),
+                                       p.logprobs, 0 if echo else len(prompt_text))
+    return {"index": index, "text": (prompt_text if echo else "") + c.answer.text, "logprobs": logprobs,
+            "finish_reason": c.finish_reason, "safepretrain": _extra(p, c.generation)}
+
+
+def chat_choice(tok: TextTokenizer, p: Plan, index: int, c: Choice) -> dict:
+    prompt = p.prompts[index]
+    logprobs = None if p.logprobs is None else \
+        chat_logprobs(tok, prompt + c.answer.tokens, c.scores, len(prompt), p.logprobs)
+    return {"index": index, "message": {"role": "assistant", "content": c.answer.text}, "logprobs": logprobs,
+            "finish_reason": c.finish_reason, "safepretrain": _extra(p, c.generation)}
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
@@ -341,7 +439,7 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
         except ValidationError as err:
             raise _validation_error(err) from None
 
-    async def generate(request: Request, p: Plan) -> list[Generation]:
+    async def generate(request: Request, p: Plan) -> list[Choice]:
         nonlocal waiting
         if waiting >= max_concurrency * (1 + QUEUE_PER_SLOT):
             raise ServeError(429, f"server busy: {max_concurrency} generations running and the queue is full; "
@@ -384,41 +482,40 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
         p = plan(served, body, completion_ids(served.tok, body.prompt), max_tokens_cap, memory_limit)
         if body.stream and len(p.prompts) > 1:
             raise ServeError(400, "stream: true takes a single prompt", param="stream")
-        gens = await generate(request, p)
+        choices = await generate(request, p)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
         if not body.stream:
-            return {**head, "choices": [{"index": i, "text": served.tok.decode(g.tokens), "logprobs": None,
-                                         "finish_reason": FINISH[g.stopped], "safepretrain": _extra(p, g)}
-                                        for i, g in enumerate(gens)], "usage": _usage(p, gens)}
-        g = gens[0]
+            return {**head, "choices": [completion_choice(served.tok, p, i, c, body.echo)
+                                        for i, c in enumerate(choices)], "usage": _usage(p, choices, body.n)}
+        c = choices[0]
 
         def chunks():
-            for piece in text_deltas(served.tok, g.tokens):
+            for piece in answer_deltas(served.tok, c.answer):
                 yield {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
-            yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": FINISH[g.stopped],
-                                        "safepretrain": _extra(p, g)}], "usage": _usage(p, gens)}
+            yield {**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": c.finish_reason,
+                                        "safepretrain": _extra(p, c.generation)}], "usage": _usage(p, choices, 1)}
         return sse(chunks())
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_body(request, ChatBody)
         p = plan(served, body, [chat_ids(served.tok, body.messages)], max_tokens_cap, memory_limit)
-        g = (await generate(request, p))[0]
+        choices = await generate(request, p)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if not body.stream:
-            return {**head, "object": "chat.completion", "usage": _usage(p, [g]), "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": served.tok.decode(g.tokens)},
-                "logprobs": None, "finish_reason": FINISH[g.stopped], "safepretrain": _extra(p, g)}]}
+            return {**head, "object": "chat.completion", "usage": _usage(p, choices, body.n),
+                    "choices": [chat_choice(served.tok, p, i, c) for i, c in enumerate(choices)]}
+        c = choices[0]
 
         def chunks():
             def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
                 return {**head, "object": "chat.completion.chunk",
                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}]}
             yield chunk({"role": "assistant", "content": ""})
-            for piece in text_deltas(served.tok, g.tokens):
+            for piece in answer_deltas(served.tok, c.answer):
                 yield chunk({"content": piece})
-            yield {**chunk({}, FINISH[g.stopped], safepretrain=_extra(p, g)), "usage": _usage(p, [g])}
+            yield {**chunk({}, c.finish_reason, safepretrain=_extra(p, c.generation)), "usage": _usage(p, choices, 1)}
         return sse(chunks())
 
     return app

@@ -12,6 +12,7 @@ import torch
 from decoding_toy import EOS, PAD, TAG, A, B, BigramToy, S, X, Y
 
 from safepretrain.config import ModelConfig
+from safepretrain.config.evaluation import TopKConfig
 from safepretrain.eval.decoders import (
     DECODERS,
     beam_search,
@@ -21,6 +22,7 @@ from safepretrain.eval.decoders import (
     safebeam_select,
     sample_next_token,
 )
+from safepretrain.eval.decoders.topk import penalised
 from safepretrain.train.model import Transformer
 
 # ----------------------------------------------------------------------------- the toy DecoderModel
@@ -284,7 +286,7 @@ def test_beam_search_is_safebeam_without_drop_or_short_circuit(tiny):
 
 
 # ----------------------------------------------------------------------------- decoder registry
-TOPK = SimpleNamespace(k=1, temperature=1.0)
+TOPK = TopKConfig(k=1)  # the settings models themselves: a new field is covered by its default
 BEAM = SimpleNamespace(beam_size=2, candidates_per_beam=2, length_penalty=0.0)
 SAFEBEAM = SimpleNamespace(beam_size=2, candidates_per_beam=2, drop_fraction=0.5, short_circuit=True,
                            length_penalty=0.0)
@@ -315,7 +317,7 @@ def test_registry_dispatches_each_decoder_with_its_own_settings():
 
 def test_registry_matches_the_direct_calls(tiny):
     common = dict(max_new_tokens=6, stop_ids={1}, pad_id=0, tag_id=2)
-    sampled = SimpleNamespace(k=10, temperature=1.0)
+    sampled = TopKConfig(k=10)
     assert run_decoder("topk", tiny, PROMPTS, sampled, seed=7, batch_size=3, **common) == generate_topk(
         tiny, PROMPTS, top_k=10, temperature=1.0, seed=7, batch_size=3, **common)
     assert run_decoder("beam", tiny, PROMPTS, BEAM, batch_size=4, **common) == beam_search(
@@ -331,3 +333,21 @@ def test_registry_rejects_unknown_decoders_and_safebeam_without_a_tag():
         run_decoder("safebeam", BigramToy(TAG_PATH), [[S]], SAFEBEAM, tag_id=None)
     # the control needs no tag: it still runs, only tag_emitted stays False
     assert run_decoder("beam", BigramToy(TAG_PATH), [[S]], BEAM, tag_id=None)[0].tokens == [A, TAG, X]
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_top_p_samples_only_the_nucleus(top_k):
+    # probabilities 0.5, 0.3, 0.15, 0.05: the nucleus of 0.7 is the first two tokens, of 0.9 the first three
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(4000, 1)
+    for top_p, nucleus in ((0.7, {0, 1}), (0.9, {0, 1, 2}), (0.01, {0})):
+        drawn = sample_next_token(logits, torch.Generator().manual_seed(0), top_k, 1.0, top_p)
+        assert set(drawn.tolist()) == nucleus & set(range(top_k or 4))
+    drawn = sample_next_token(logits, torch.Generator().manual_seed(0), top_k, 1.0, 0.7)
+    assert (drawn == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)  # renormalised
+
+
+def test_repetition_penalties_are_openais():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    counts = torch.tensor([[2.0, 0.0, 1.0]])
+    assert torch.equal(penalised(logits, counts, 0.5, 1.0), torch.tensor([[-1.0, 2.0, 1.5]]))
+    assert torch.equal(penalised(logits, counts, 0.0, 0.0), logits)

@@ -15,8 +15,10 @@
 import json
 from pathlib import Path
 
+import llm_server
 import numpy as np
 import pytest
+from llm_server import FakeLLM, Faults
 
 from safepretrain.cli import main
 from safepretrain.config import EvalConfig, load_config
@@ -30,8 +32,6 @@ from safepretrain.eval.prompts import EvalPrompts
 from safepretrain.report.judges import judges_section
 from safepretrain.run.adhoc import EvalInputError, read_prompt_file
 from safepretrain.world import world_for
-from tests import llm_server
-from tests.llm_server import FakeLLM, Faults
 
 ROOT = Path(__file__).parents[1]
 TAG = "<potentially unsafe content>"

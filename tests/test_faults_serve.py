@@ -15,51 +15,22 @@ import httpx
 import openai
 import pytest
 import torch
-from safetensors.torch import save_model
-from test_serve import Server  # uvicorn on a free loopback port, in a thread
+from served_run import CONTEXT, MODEL, Server, free_port, make_checkpoint
 
 from safepretrain.cli import main
-from safepretrain.config import dump_config, load_config
-from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
-from safepretrain.rundir import RUN_MARKER
 from safepretrain.serve import Message, chat_ids, completion_ids, create_app, load_served
-from safepretrain.train.model import Transformer
 
-CONTEXT = 128
-TINY = ["model.preset=null", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
-        "model.ffn_hidden=64", f"model.max_seq_len={CONTEXT}"]
-MODEL = "arms/raw/seed0/ift/ckpt/step_000004"
 OK = {"prompt": "rivers and towns", "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A run directory as a study lays it out, with random weights (the server needs a model, not a trained one)."""
-    run = tmp_path_factory.mktemp("run")
-    (run / RUN_MARKER).touch()
-    cfg = load_config(None, TINY)
-    (run / "study.yaml").write_text(dump_config(cfg))
-    tag = cfg.data.interventions.tag
-    tok = TextTokenizer(train_tokenizer(["plain words about rivers, towns and the weather"] * 30, 300, 1, tag), tag)
-    (run / "data").mkdir()
-    tok.save(run / "data" / "tokenizer.json")
-    torch.manual_seed(0)
-    ckpt = run / MODEL
-    ckpt.mkdir(parents=True)
-    model = Transformer(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}))
-    save_model(model, str(ckpt / "model.safetensors"))
-    return ckpt
+    return make_checkpoint(tmp_path_factory.mktemp("run"), "plain words about rivers, towns and the weather")
 
 
 @pytest.fixture(scope="module")
 def served(checkpoint):
     return load_served(checkpoint)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

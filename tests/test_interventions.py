@@ -72,6 +72,20 @@ def test_tag_only_in_tagged_stream():
             assert TAG not in d.text, d.metadata["stream"]
 
 
+def test_tagged_stream_is_stored_untagged_with_what_fixes_its_tags():
+    """The tags go in on the ids when the stream is encoded (tests/test_tag_tokens.py); the stored document is the
+    unsafe text, its source id and p, from which `tagged_text` rebuilds the tagged text."""
+    out = run_router([routed(s, [s, 0, s]) for s in range(1, 6)])
+    unsafe = {d.metadata["source_id"]: d.text for d in out if d.metadata["stream"] == "unsafe"}
+    tagged = [d for d in out if d.metadata["stream"] == "tagged"]
+    assert tagged and all(d.text == unsafe[d.metadata["source_id"]] for d in tagged)
+    for d in tagged:
+        record = {"text": d.text, **d.metadata}
+        assert record["tag_probability"] == DataConfig().interventions.tag_probability
+        assert iv.tagged_text(record, TAG, 0) == iv.inject_tags(d.text, TAG, record["tag_probability"],
+                                                                iv.doc_rng(record["source_id"], 0, "tag"))
+
+
 def test_tag_threshold_and_val_split_are_configurable():
     out = run_router([routed(2, [2])], tag_min_score=3)
     assert "tagged" not in {d.metadata["stream"] for d in out}

@@ -6,6 +6,7 @@
 import numpy as np
 import pytest
 import torch
+from llm_server import FakeLLM
 from sklearn.metrics import cohen_kappa_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -24,7 +25,6 @@ from safepretrain.export import export_hf
 from safepretrain.run.checks import load_study
 from safepretrain.train.model import Transformer
 from safepretrain.utils import write_jsonl
-from tests.llm_server import FakeLLM
 
 TAG = "<potentially unsafe content>"
 

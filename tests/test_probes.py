@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safepretrain.config import ModelConfig, ProbeConfig
-from safepretrain.eval.metrics import auroc
+from safepretrain.eval.metrics import auroc, auroc_ci, bootstrap_ci
 from safepretrain.eval.probes import (
     cv_splits,
     layer_aurocs,
@@ -182,3 +182,21 @@ def test_probe_report_rows(model):
     assert all(r["n"] == 2 * n_pairs and set(r) >= {"value", "ci_low", "ci_high"} for r in rows)
     # the differing token is the last content token: its embedding separates the classes at layer 0
     assert by["auroc_last_layer_0"]["value"] > 0.95
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_auroc_ci_is_the_bootstrap_of_auroc_in_one_pass(grouped):
+    """The weighted one-pass bootstrap equals `bootstrap_ci` of `auroc` over the same resamples (ties, small
+    groups, resamples that miss a class)."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, 40).astype(float)  # many ties
+    labels = rng.random(40) < 0.3
+    groups = rng.integers(0, 9, 40) if grouped else None
+    if grouped:
+        _, inverse = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+        looped = bootstrap_ci(np.arange(len(members)), 500, 7, stat=lambda gs: auroc(
+            scores[np.concatenate([members[g] for g in gs])], labels[np.concatenate([members[g] for g in gs])]))
+    else:
+        looped = bootstrap_ci(np.stack([scores, labels], axis=1), 500, 7, stat=lambda p: auroc(p[:, 0], p[:, 1]))
+    assert auroc_ci(scores, labels, 500, 7, groups) == pytest.approx(looped, abs=1e-12)

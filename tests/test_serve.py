@@ -13,67 +13,23 @@ import httpx
 import openai
 import pytest
 import torch
-from safetensors.torch import save_model
+from served_run import MODEL, Server, make_checkpoint
 
 from safepretrain.cli import main
-from safepretrain.config import dump_config, load_config
 from safepretrain.data.chat import chat_prompt_ids
-from safepretrain.data.tokenizer import TextTokenizer, train_tokenizer
 from safepretrain.eval.decoders import Generation
-from safepretrain.rundir import RUN_MARKER
-from safepretrain.serve import Message, chat_ids, create_app, load_served, text_deltas
-from safepretrain.train.model import Transformer
+from safepretrain.serve import Choice, Message, chat_ids, create_app, load_served, text_deltas
+from safepretrain.serve_responses import Answer, cut_at_stop
 
 pytest.importorskip("uvicorn")
-import uvicorn  # noqa: E402
 
 CAP = 32
 MAX_BYTES = 4096
-MODEL = "arms/raw/seed0/ift/ckpt/step_000004"  # the checkpoint's path in its run: unique per arm, seed, stage
-TINY = ["model.preset=null", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
-        "model.ffn_hidden=64", "model.max_seq_len=128"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A run directory laid out as a study writes it (marker, study.yaml, tokenizer, checkpoint), random weights:
-    the server only needs the layout and a model, not a trained one."""
-    run = tmp_path_factory.mktemp("run")
-    (run / RUN_MARKER).touch()
-    cfg = load_config(None, TINY)
-    (run / "study.yaml").write_text(dump_config(cfg))
-    tag = cfg.data.interventions.tag
-    tok = TextTokenizer(train_tokenizer(["plain words about rivers, towns and the weather – café"] * 30, 300, 1, tag),
-                        tag)
-    (run / "data").mkdir()
-    tok.save(run / "data" / "tokenizer.json")
-    torch.manual_seed(0)
-    model = Transformer(cfg.model.model_copy(update={"vocab_size": tok.vocab_size}))
-    ckpt = run / "arms" / "raw" / "seed0" / "ift" / "ckpt" / "step_000004"
-    ckpt.mkdir(parents=True)
-    save_model(model, str(ckpt / "model.safetensors"))
-    return ckpt
-
-
-class Server:
-    """uvicorn in a background thread on a free loopback port."""
-
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+    return make_checkpoint(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +99,8 @@ def test_streamed_chunks_concatenate_to_the_answer(client, extra):
 def test_a_short_circuit_is_marked_content_filter(client, served, monkeypatch):
     # a random model rarely puts the tag on top, so the decoder's answer is stubbed: this checks the marking
     tagged = Generation([served.tok.encode("rivers")[0], served.tag_id], -1.0, "tag", True, True)
-    monkeypatch.setattr("safepretrain.serve.run_plan", lambda served, plan: [tagged])
+    answer = Choice(tagged, cut_at_stop(served.tok, tagged.tokens, []), None)
+    monkeypatch.setattr("safepretrain.serve.run_plan", lambda served, plan: [answer])
     out = client.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"decoder": "safebeam"})
     assert out.choices[0].finish_reason == "content_filter"
     assert out.choices[0].model_extra["safepretrain"]["short_circuit"] is True
@@ -186,7 +143,16 @@ def test_max_tokens_above_the_cap_is_a_clear_400(client):
     ("/v1/completions", {"prompt": ["a"] * 17}, 400, "at most 16"),
     ("/v1/completions", {"max_tokens": 4}, 400, "prompt: Field required"),
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}, 400, "end with a user"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}, 400, "user message is empty"),
+    ("/v1/completions", {"prompt": "a", "logprobs": True}, 400, "logprobs: Input should be a valid integer"),
+    ("/v1/completions", {"prompt": "a", "frequency_penalty": 0.5, "decoder": "safebeam"}, 400,
+     "frequency_penalty does not apply to decoder safebeam"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "only makes sense with echo"),
+    ("/v1/completions", {"prompt": [0, 10**6]}, 400, "outside this model's vocabulary"),
+    ("/v1/completions", {"prompt": "a", "decoder": "beam", "temperature": 0.7}, 400, "does not apply to decoder"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}, 400,
+     "cannot call tools"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "logprobs": True, "stream": True}, 400,
+     "stream: true sends one choice"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a" * MAX_BYTES}]}, 413, "limit"),
     ("/v1/nothing", {}, 404, "Not Found"),
 ])
@@ -214,7 +180,7 @@ def test_safebeam_needs_the_tag_token(server, served, monkeypatch):
 def test_a_full_queue_gets_429(served, monkeypatch):
     def slow(served, plan):
         time.sleep(0.5)
-        return [Generation([], 0.0, "stop", False, False)]
+        return [Choice(Generation([], 0.0, "stop", False, False), Answer("", [], False), None)]
     monkeypatch.setattr("safepretrain.serve.run_plan", slow)
     srv = Server(create_app(served, max_concurrency=1))  # 1 running + 4 queued, the 6th is refused
     try:
@@ -272,3 +238,16 @@ def test_the_cli_serves_a_checkpoint(checkpoint):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_token_bytes_are_exact_and_stop_cuts_count_the_completing_token(served):
+    tok = served.tok
+    text = "café – rivers and towns"
+    ids = tok.encode(text)
+    assert b"".join(tok.token_bytes(i) for i in ids) == text.encode("utf-8")
+    assert tok.token_bytes(tok.tag_id) == tok.tag.encode("utf-8")
+    answer = cut_at_stop(tok, ids, ["never", "and"])
+    assert answer.text == "café – rivers " and answer.stopped_by_string
+    # counted: the tokens up to the one that completed "and", not one more
+    assert len(tok.decode(answer.tokens[:-1])) < len("café – rivers and") <= len(tok.decode(answer.tokens))
+    assert cut_at_stop(tok, ids, ["x"]) == Answer(text, ids, False)

@@ -63,10 +63,18 @@ def test_study_under_torchrun_orchestrates_once_and_trains_on_every_rank(tmp_pat
     arm = next(a for a in cfg.curriculum.arms if a.name == "start_20")
     model_cfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     train(cfg.pretrain, model_cfg, _sampler(cfg, arm, data, 0), tmp_path / "single", seed=0, label="single")
-    ranked = [json.loads(m)["loss"] for m in (run / "arms/start_20/seed0/pretrain/metrics.jsonl").open()]
-    single = [json.loads(m)["loss"] for m in (tmp_path / "single" / "metrics.jsonl").open()]
+    ranked = [json.loads(m) for m in (run / "arms/start_20/seed0/pretrain/metrics.jsonl").open()]
+    single = [json.loads(m) for m in (tmp_path / "single" / "metrics.jsonl").open()]
     assert len(ranked) == len(single) == cfg.pretrain_steps
-    assert max(abs(a - b) for a, b in zip(ranked, single)) < 1e-4
+    gaps = [abs(a["loss"] - b["loss"]) for a, b in zip(ranked, single)]
+    # Exact up to summation order (a 2-rank all-reduce vs one sum): within 1e-5 while the data mix is fixed. The
+    # switch to the intervention mix spikes the gradient (norm ~7 against ~2), which amplifies those 1e-6
+    # differences to ~1e-4 in the steps after it (measured: at most 3.1e-4 over 40 steps, after 6e-6 before the
+    # tokenizer stopped learning the tag's characters); ranks training other rows than their share would already
+    # differ in the fixed-mix steps.
+    trunk = [g for g, m in zip(gaps, ranked) if m["phase"] == "safe_only"]
+    assert trunk and max(trunk) < 1e-5, trunk
+    assert max(gaps) < 2e-3, gaps
 
     again = _torchrun(run)  # every step is done: the rerun trains nothing and evaluates nothing
     assert again.returncode == 0, again.stderr[-3000:]

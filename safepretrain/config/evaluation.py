@@ -14,6 +14,14 @@ class TopKConfig(Strict):
     """Sample from the k most likely tokens (the papers do not state k)."""
     temperature: float = Field(1.0, gt=0)
     """Softmax temperature before top-k sampling."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling after top-k: keep the most likely tokens whose probabilities first reach top_p (1 = off,
+    the papers' top-k alone). `safepretrain serve` takes it per request as OpenAI's `top_p`."""
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    """OpenAI's repetition penalty: each logit minus this × how often its token was already generated in the row
+    (0 = off, as in the papers; `serve` takes it per request, e.g. from garak's promptinject probe)."""
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    """OpenAI's presence penalty: each logit minus this once its token has been generated in the row (0 = off)."""
 
 
 class SafeBeamConfig(Strict):

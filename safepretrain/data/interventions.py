@@ -9,7 +9,8 @@
   the harm, offer an alternative),
   with varied role names instead of "User"/"Assistant" (paper: names replaced at tokenization).
 - `moral_education`: a refusal dialogue becomes a third-person, web-style moral lesson.
-- `inject_tags`: the harmfulness tag before words with probability p (paper Alg. 2), only in unsafe text.
+- `inject_tags`: the harmfulness tag before words with probability p (paper Alg. 2), only in unsafe text (the
+  data stage does the same on token ids: `TextTokenizer.encode_tagged`; `tagged_text` rebuilds the text).
 
 Every generator is a pure function of (document, seed): reruns produce identical data. An LLM backend
 (OpenAI-compatible endpoint) replaces these templates in a later release behind the same signatures.
@@ -23,13 +24,22 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from safepretrain.world.phrasebook import compliance_text, refusal_reply, templates
 from safepretrain.world.taxonomy import STOPWORDS
 
-__all__ = ["Routed", "compliance_text", "doc_rng", "inject_tags", "moral_education", "refusal_dialogue",
-           "refusal_reply", "rephrase", "request_subject", "templates", "topic_of"]
+__all__ = ["WHITESPACE", "Routed", "compliance_text", "doc_rng", "inject_tags", "moral_education", "random_below",
+           "refusal_dialogue", "refusal_reply", "rephrase", "request_subject", "tag_rng", "tagged_text", "templates",
+           "topic_of"]
 
-_WORD = re.compile(r"\S+")
+# Whitespace as the tokenizer's pre-tokenizer sees it: `\s` of the GPT-2 split regex that `tokenizers`' ByteLevel
+# runs (Oniguruma, Unicode): \t \n \v \f \r, space, U+0085, and the Zs, Zl, Zp characters. It is Python's
+# `str.isspace()` less U+001C..U+001F (information separators, which Python counts as space and the tokenizer as
+# punctuation). A word is a maximal run of other characters, so every word end is a pre-token boundary of the
+# tokenizer: tag injection on token ids (`TextTokenizer.encode_tagged`) then equals encoding the tagged text.
+WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_WORD = re.compile(f"[^{re.escape(WHITESPACE)}]+")
 
 def doc_rng(doc_id: str, seed: int, purpose: str) -> random.Random:
     """A random stream that depends only on (document, seed, purpose), not on processing order."""
@@ -42,7 +52,10 @@ def inject_tags(text: str, tag: str, p: float, rng: random.Random) -> str:
 
     The tag is glued to the end of the previous word ("word<tag> next"), not surrounded by spaces:
     byte-level BPE would otherwise emit a separate space token before the special token, and SafeBeam's
-    one-token lookahead reads p(tag | text so far) right after a word.
+    one-token lookahead reads p(tag | text so far) right after a word. Words are separated by `WHITESPACE`.
+
+    This is the reference (chat examples use it); the data stage inserts the tag id into the encoded ids instead
+    (`TextTokenizer.encode_tagged`): same draws, same decisions, the same ids as encoding this function's text.
     """
     ends = [m.end() for m in _WORD.finditer(text)]
     pieces, cursor = [], 0
@@ -52,6 +65,27 @@ def inject_tags(text: str, tag: str, p: float, rng: random.Random) -> str:
             cursor = end
     pieces.append(text[cursor:])
     return "".join(pieces)
+
+
+def tag_rng(source_id: str, seed: int) -> random.Random:
+    """The draws of the tags of one `tagged` document."""
+    return doc_rng(source_id, seed, "tag")
+
+
+def tagged_text(record: dict, tag: str, seed: int) -> str:
+    """The tagged text of a `tagged` stream record (stored untagged; the data stage tags its ids, identically)."""
+    return inject_tags(record["text"], tag, record["tag_probability"], tag_rng(record["source_id"], seed))
+
+
+def random_below(rngs: list[random.Random], counts: list[int], p: float) -> np.ndarray:
+    """`[rng.random() < p for _ in range(n)]` for each (rng, n), concatenated, drawn in bulk: bit for bit the same
+    draws, and each rng left in the same state. CPython's `random()` is (a >> 5, b >> 6) of two successive 32-bit
+    outputs a, b scaled by 2**-53, and `getrandbits(64 n)` returns 2n successive outputs, the first in the lowest
+    bits, so the little-endian bytes of one `getrandbits` call are the words a, b, a, b, ... in draw order."""
+    words = np.frombuffer(b"".join([rng.getrandbits(64 * n).to_bytes(8 * n, "little") for rng, n in zip(rngs, counts)
+                                    if n]), dtype="<u4")
+    a, b = (words[0::2] >> 5).astype(np.float64), (words[1::2] >> 6).astype(np.float64)
+    return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0) < p
 
 
 def topic_of(text: str, k: int = 3) -> str:

@@ -22,6 +22,10 @@ data/
   report_card.{json,md,png}   score histogram per source, harm categories, stream sizes, rejects, scorer quality
   tokenizer.json, shards/     BPE with special tokens; one token shard per stream
 ```
+
+The `tagged` stream is stored untagged: `encode_stream` inserts the tag ids as it encodes it (paper Alg. 2 on ids,
+`TextTokenizer.encode_tagged`), so the tokenizer is trained on text without the tag's characters (the tag is one
+special token whose characters never reach BPE when text is encoded; counting them spent merges on its pieces).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from safepretrain.config import STREAMS, ConfigError, StudyConfig
+from safepretrain.config.data import DataConfig
+from safepretrain.data import interventions as iv
 from safepretrain.data import llm
 from safepretrain.data.executors import make_executor, merge_rank_stats, run_passes
 from safepretrain.data.llm import LLMRunner, check_endpoint, inference_config
@@ -49,6 +55,9 @@ from safepretrain.world import World
 
 ALL_STREAMS = [*STREAMS, "val"]
 TOKENIZER_FILE, SHARDS = "tokenizer.json", "shards"  # inside the data folder (and REPORT_CARD)
+# What the data stage's output means beyond its config; a change rebuilds every data stage. 2: `tagged` stored
+# untagged, its tags inserted on ids, the tokenizer trained without the tag's characters.
+DATA_FORMAT = 2
 
 
 @dataclass
@@ -146,6 +155,16 @@ def llm_pass(cfg: StudyConfig, folder: Path, name: str, rollout, reader, stream:
                        checkpoints_local_dir=str(folder / "llm_checkpoints" / name),
                        records_per_chunk=cfg.data.llm.records_per_chunk)
     return Pass(name, [*reader, runner], cfg.data.tasks, gpus=cfg.data.slurm.gpus_per_task)
+
+
+def encode_stream(tok: TextTokenizer, stream: str, records: list[dict], data: DataConfig) -> list[list[int]]:
+    """The token ids of a stream's records: `tagged` records get the harmfulness tag inserted on their ids (the
+    draws of `iv.tagged_text`), every other stream is encoded as it is."""
+    texts = [r["text"] for r in records]
+    if stream != "tagged":
+        return tok.encode_batch(texts)
+    return tok.encode_tagged(texts, [iv.tag_rng(r["source_id"], data.seed) for r in records],
+                             data.interventions.tag_probability)
 
 
 def scoring_hash(cfg: StudyConfig) -> str:
@@ -292,11 +311,17 @@ def run_scoring_stage(cfg: StudyConfig, world: World, scoring_dir: Path) -> tupl
     return folder, marker.info().get("metrics", {})
 
 
+def data_hash(cfg: StudyConfig) -> str:
+    """The data stage's inputs: its config sections, the scores it routes by and the output format. Every stage
+    trained on its shards includes it (a rebuilt tokenizer or data stage retrains them)."""
+    return cfg.stage_hash("world", "data", "tokenizer", extra={"scoring": scoring_hash(cfg), "format": DATA_FORMAT})
+
+
 def run_data_stage(cfg: StudyConfig, world: World, folder: Path, scoring_dir: Path) -> DataArtifacts:
     """Run (or reuse) the data stage for this config in `folder` (scores in `scoring_dir`, or `data.scores_from`);
     every arm and seed shares its output."""
     scoring, metrics = run_scoring_stage(cfg, world, scoring_dir)
-    marker = StepMarker(folder, cfg.stage_hash("world", "data", "tokenizer", extra=scoring_hash(cfg)))
+    marker = StepMarker(folder, data_hash(cfg))
     if not marker.is_done():
         marker.start()
         passes = route_passes(cfg, scoring, folder)
@@ -313,7 +338,7 @@ def run_data_stage(cfg: StudyConfig, world: World, folder: Path, scoring_dir: Pa
             recs = read_stream(folder, stream)
             if uses_llm(cfg):  # InferenceRunner writes in completion order: sort, so reruns give the same shards
                 recs.sort(key=lambda r: r["id"])
-            meta = write_shard(folder / SHARDS, stream, tok.encode_batch([r["text"] for r in recs]), tok.eos_id)
+            meta = write_shard(folder / SHARDS, stream, encode_stream(tok, stream, recs, cfg.data), tok.eos_id)
             sizes[stream] = {"docs": meta["docs"], "tokens": meta["tokens"]}
         report = build_report_card(folder, sizes, metrics, scoring=scoring)
         log.info("data: streams " + ", ".join(f"{s}={v['tokens']:,} tok" for s, v in sizes.items()))

@@ -263,7 +263,11 @@ def routed_view(doc: Document, chunk_words: int) -> iv.Routed:
 
 
 class TagUnsafe(Intervention):
-    """`tagged`: the harmfulness tag before each word with probability p (paper Alg. 2), in unsafe text only."""
+    """`tagged`: unsafe text that gets the harmfulness tag before each word with probability p (paper Alg. 2).
+
+    The tags go in when the stream is encoded, as ids (pipeline.encode_stream, TextTokenizer.encode_tagged): the
+    stored text is the untagged text with the `source_id` and `tag_probability` that fix the draws, and
+    `iv.tagged_text` on a record gives the tagged text, the same one the ids encode."""
 
     name = "🏷 tag unsafe"
     stream = "tagged"
@@ -273,8 +277,7 @@ class TagUnsafe(Intervention):
         self.tag, self.probability = tag, probability
 
     def make(self, docs):
-        return [(iv.inject_tags(d.text, self.tag, self.probability,
-                                iv.doc_rng(d.metadata["source_id"], self.seed, "tag")), {}) for d in docs]
+        return [(d.text, {"source_id": d.metadata["source_id"], "tag_probability": self.probability}) for d in docs]
 
 
 class Rephrase(Intervention):

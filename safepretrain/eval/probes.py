@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from safepretrain.config import ProbeConfig
 from safepretrain.data.scoring import embed
-from safepretrain.eval.metrics import auroc, bootstrap_ci, metric_row
+from safepretrain.eval.metrics import auroc_ci, metric_row
 
 POOLINGS = ("last", "mean")
 BASELINES = ("tfidf", "minilm", "surface")
@@ -82,23 +82,6 @@ def out_of_fold_scores(x: np.ndarray, y: np.ndarray, folds: int, C: float, seed:
     """Probe score of every row from a probe fitted on the other folds (group-aware with `groups`)."""
     y = np.asarray(y)
     return _oof(lambda a, b: fit_probe(a, b, C, seed), np.asarray(x), y, cv_splits(y, folds, seed, groups))
-
-
-def auroc_ci(scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int,
-             groups: Sequence | None = None) -> tuple[float, float, float]:
-    """(auroc, ci_low, ci_high): percentile bootstrap over rows, or over whole groups when given."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels)
-    if groups is None:
-        pairs = np.stack([scores, labels], axis=1)
-        return bootstrap_ci(pairs, n_boot, seed, stat=lambda p: auroc(p[:, 0], p[:, 1]))
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-
-    def stat(gs: np.ndarray) -> float:
-        rows = np.concatenate([members[g] for g in gs])
-        return auroc(scores[rows], labels[rows])
-
-    return bootstrap_ci(np.arange(len(members)), n_boot, seed, stat=stat)
 
 
 def layer_aurocs(hidden: np.ndarray, labels: np.ndarray, cfg: ProbeConfig, n_boot: int, seed: int,

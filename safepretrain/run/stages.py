@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safepretrain.config import ArmConfig, ModelConfig, StudyConfig
 from safepretrain.data.chat import ChatBatches
-from safepretrain.data.pipeline import DataArtifacts
+from safepretrain.data.pipeline import DataArtifacts, data_hash
 from safepretrain.rundir import (
     HARMFUL_FT,
     IFT,
@@ -44,7 +44,8 @@ from safepretrain.world import World
 
 
 def _pretrain_hash(cfg: StudyConfig, *extra) -> str:
-    return cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", PRETRAIN, extra=list(extra))
+    return cfg.stage_hash("world", "data", "tokenizer", "curriculum", "model", PRETRAIN,
+                          extra=[data_hash(cfg), *extra])
 
 
 def _finished(marker: SharedStepMarker, run_dir: Path) -> StageOutput:
