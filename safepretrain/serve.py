@@ -69,7 +69,7 @@ from starlette.exceptions import HTTPException
 from safepretrain.config import ConfigError
 from safepretrain.data.tokenizer import TextTokenizer
 from safepretrain.eval.decoders import DECODERS, Generation, decode, decoder_settings
-from safepretrain.eval.likelihood import TokenLogprobs, sequence_logprobs
+from safepretrain.eval.likelihood import sequence_logprobs
 from safepretrain.rundir import RunDir, RunDirError, relative_to_run
 from safepretrain.serve_requests import (  # noqa: F401  (Message, inert: serve's public names)
     MAX_PROMPTS,
@@ -83,11 +83,17 @@ from safepretrain.serve_requests import (  # noqa: F401  (Message, inert: serve'
     completion_ids,
     inert,
 )
-from safepretrain.serve_responses import Answer, chat_logprobs, completion_logprobs, cut_at_stop
+from safepretrain.serve_responses import (  # noqa: F401  (text_deltas: serve's public name)
+    Choice,
+    answer_deltas,
+    chat_choice,
+    completion_choice,
+    cut_at_stop,
+    text_deltas,
+)
 from safepretrain.train.memory import estimate_decode_memory
 
 QUEUE_PER_SLOT = 4  # waiting requests per concurrency slot before 429: bounded memory, smooth bursts
-FINISH = {"stop": "stop", "length": "length", "tag": "content_filter"}  # Generation.stopped → OpenAI
 DISCONNECT_POLL_S = 0.1  # how often a running generation checks that its client is still there
 MIB = 2**20
 # a decoder setting sent to a decoder that has no such field is refused, unless it asks for nothing
@@ -165,19 +171,6 @@ class Plan:
     stops: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none asked; else the number of top alternatives per token
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next forward pass
-
-
-@dataclass
-class Choice:
-    """One answer: the decoder's generation, its text after the stop strings, and (when asked) the log-probs of
-    the prompt and the answer's tokens."""
-    generation: Generation
-    answer: Answer
-    scores: TokenLogprobs | None
-
-    @property
-    def finish_reason(self) -> str:
-        return "stop" if self.answer.stopped_by_string else FINISH[self.generation.stopped]
 
 
 def request_memory(served: ServedModel, settings: BaseModel, prompts: list[list[int]], max_tokens: int) -> int:
@@ -303,30 +296,6 @@ def run_plan(served: ServedModel, p: Plan) -> list[Choice]:
     return [Choice(g, a, s) for g, a, s in zip(gens, answers, scores)]
 
 
-def text_deltas(tok: TextTokenizer, tokens: list[int]) -> Iterator[str]:
-    """Per-token text pieces whose concatenation is exactly `tok.decode(tokens)`. A byte-level BPE token can
-    end inside a UTF-8 character; such a piece waits for the tokens that complete it."""
-    sent = ""
-    for i in range(1, len(tokens) + 1):
-        text = tok.decode(tokens[:i])
-        if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
-            yield text[len(sent):]
-            sent = text
-    final = tok.decode(tokens)
-    if final != sent:
-        yield final[len(sent):] if final.startswith(sent) else final  # (unreachable for byte-level BPE)
-
-
-def answer_deltas(tok: TextTokenizer, answer: Answer) -> Iterator[str]:
-    """`text_deltas` of an answer's tokens, ending where its text ends (a stop string's cut)."""
-    sent = 0
-    for piece in text_deltas(tok, answer.tokens):
-        piece = piece[:len(answer.text) - sent]
-        if piece:
-            yield piece
-            sent += len(piece)
-
-
 def _extra(p: Plan, g: Generation) -> dict:
     return {"decoder": p.decoder, "short_circuit": g.short_circuited, "tag_emitted": g.tag_emitted,
             "seed": p.seed, "logprob": round(g.logprob, 4)}
@@ -336,26 +305,6 @@ def _usage(p: Plan, choices: list[Choice], n: int) -> dict:
     prompt = sum(len(x) for x in p.prompts[::n])  # each prompt once, however many choices it has
     completion = sum(len(c.answer.tokens) for c in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def completion_choice(tok: TextTokenizer, p: Plan, index: int, c: Choice, echo: bool) -> dict:
-    """One choice of /v1/completions: with `echo`, the prompt's text and log-probs come first."""
-    prompt = p.prompts[index]
-    prompt_text = tok.decode(prompt)
-    logprobs = None
-    if p.logprobs is not None:
-        logprobs = completion_logprobs(tok, prompt + c.answer.tokens, c.scores, 0 if echo else len(prompt),
-                                       p.logprobs, 0 if echo else len(prompt_text))
-    return {"index": index, "text": (prompt_text if echo else "") + c.answer.text, "logprobs": logprobs,
-            "finish_reason": c.finish_reason, "safepretrain": _extra(p, c.generation)}
-
-
-def chat_choice(tok: TextTokenizer, p: Plan, index: int, c: Choice) -> dict:
-    prompt = p.prompts[index]
-    logprobs = None if p.logprobs is None else \
-        chat_logprobs(tok, prompt + c.answer.tokens, c.scores, len(prompt), p.logprobs)
-    return {"index": index, "message": {"role": "assistant", "content": c.answer.text}, "logprobs": logprobs,
-            "finish_reason": c.finish_reason, "safepretrain": _extra(p, c.generation)}
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
@@ -486,7 +435,8 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": served.name}
         if not body.stream:
-            return {**head, "choices": [completion_choice(served.tok, p, i, c, body.echo)
+            return {**head, "choices": [completion_choice(served.tok, i, p.prompts[i], c, body.echo, p.logprobs,
+                                                          _extra(p, c.generation))
                                         for i, c in enumerate(choices)], "usage": _usage(p, choices, body.n)}
         c = choices[0]
 
@@ -505,7 +455,8 @@ def create_app(served: ServedModel, *, max_concurrency: int = 4, max_tokens_cap:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if not body.stream:
             return {**head, "object": "chat.completion", "usage": _usage(p, choices, body.n),
-                    "choices": [chat_choice(served.tok, p, i, c) for i, c in enumerate(choices)]}
+                    "choices": [chat_choice(served.tok, i, p.prompts[i], c, p.logprobs, _extra(p, c.generation))
+                                for i, c in enumerate(choices)]}
         c = choices[0]
 
         def chunks():
